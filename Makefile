@@ -1,0 +1,48 @@
+# Every target creates the virtual environment itself: a fresh clone needs only
+# python3 (3.11+) and make.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO := loglambda-data/samples
+
+.PHONY: venv demo test test-all lint fmt bench-import clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# The main job on the embedded default: generate two days of traffic and app logs,
+# import them into the master dataset, print the traffic summary.
+demo: $(STAMP)
+	mkdir -p $(DEMO)
+	$(BIN)/loglambda generate $(DEMO)/access.log --lines 200000 --days 2
+	$(BIN)/loglambda generate $(DEMO)/app.log --kind logs --lines 50000 --days 2
+	$(BIN)/loglambda import $(DEMO)/access.log $(DEMO)/app.log
+	$(BIN)/loglambda summary
+
+# The fast suite (unit + integration + e2e, without `slow`).
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-all: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+fmt: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench-import: $(STAMP)
+	$(BIN)/python bench/import_bench.py
+
+clean:
+	rm -rf $(VENV) loglambda-data
