@@ -1,0 +1,325 @@
+"""The master dataset: immutable Parquet history plus an append-only manifest.
+
+Layout under ``$LOGLAMBDA_HOME``::
+
+    master/<kind>/date=YYYY-MM-DD/hour=HH/<batch>-<part>.parquet
+    master/_manifest/<seq:010d>.json      one file per committed batch
+    master/_staging/<batch>/...           files of a batch not yet committed
+    quarantine/<batch>.parquet            the batch's rejected records
+
+The manifest is the truth: a Parquet file the manifest does not list does not exist
+for readers. A batch becomes visible at the instant its manifest entry is linked into
+place (``os.link`` refuses to overwrite, so two writers can never claim one sequence
+number). Files are named from the batch id, which is derived from what the batch
+covers (an import's content hash, or an event-log offset range), so a replay of the
+same batch rewrites the same names instead of adding duplicates.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from loglambda.core.quarantine import RejectBuilder
+from loglambda.core.schemas import KINDS, QUARANTINE_SCHEMA, Kind, schema_for
+
+US_PER_HOUR: Final = 3_600_000_000
+MAX_OPEN_WRITERS: Final = 64
+PARQUET_OPTIONS: Final[dict[str, Any]] = {
+    "compression": "zstd",
+    "compression_level": 1,
+    # Readers of other engines (Spark, DuckDB) read INT64 micros with UTC; never INT96.
+    "use_deprecated_int96_timestamps": False,
+    "coerce_timestamps": "us",
+}
+
+
+@dataclass(frozen=True)
+class DataFile:
+    """One Parquet file of the master dataset, as the manifest lists it."""
+
+    path: str  # relative to master/
+    kind: Kind
+    rows: int
+    min_ts_us: int
+    max_ts_us: int
+
+
+@dataclass(frozen=True)
+class ManifestEntry:
+    """One committed batch: what it added and where it came from."""
+
+    seq: int
+    batch_id: str
+    created_at: float
+    origin: dict[str, Any]
+    files: tuple[DataFile, ...]
+    read: int
+    accepted: int
+    quarantined: int
+    quarantine_file: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        d = self.__dict__.copy()
+        d["files"] = [f.__dict__ for f in self.files]
+        return d
+
+    @staticmethod
+    def from_json(d: dict[str, Any]) -> ManifestEntry:
+        files = tuple(DataFile(**f) for f in d["files"])
+        return ManifestEntry(**{**d, "files": files})
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The master dataset as of manifest sequence ``seq``: what a batch run reads."""
+
+    root: Path
+    seq: int
+    entries: tuple[ManifestEntry, ...]
+
+    def files(self, kind: Kind) -> list[Path]:
+        return [self.root / f.path for e in self.entries for f in e.files if f.kind == kind]
+
+    def rows(self, kind: Kind) -> int:
+        return sum(f.rows for e in self.entries for f in e.files if f.kind == kind)
+
+
+class MasterDataset:
+    """Reads and appends to the master dataset under ``home``."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.root = home / "master"
+        self.manifest_dir = self.root / "_manifest"
+        self.staging_dir = self.root / "_staging"
+
+    def entries(self) -> list[ManifestEntry]:
+        if not self.manifest_dir.is_dir():
+            return []
+        names = sorted(p for p in os.listdir(self.manifest_dir) if p.endswith(".json"))
+        return [
+            ManifestEntry.from_json(json.loads((self.manifest_dir / n).read_text())) for n in names
+        ]
+
+    def snapshot(self) -> Snapshot:
+        entries = tuple(self.entries())
+        return Snapshot(self.root, entries[-1].seq if entries else 0, entries)
+
+    def find_origin(self, key: str, value: object) -> ManifestEntry | None:
+        """The committed batch whose origin has ``key == value``, if any."""
+        for entry in self.entries():
+            if entry.origin.get(key) == value:
+                return entry
+        return None
+
+    def stage(self, batch_id: str) -> StagedBatch:
+        return StagedBatch(self, batch_id)
+
+    def recover(self) -> list[str]:
+        """Finish or discard batches a crash interrupted; return what was done.
+
+        A batch whose manifest entry exists is rolled forward (its staged files moved
+        into place); a staging directory without an entry is an aborted batch and is
+        removed. Either way readers never saw a partial batch.
+        """
+        done: list[str] = []
+        if not self.staging_dir.is_dir():
+            return done
+        committed = {e.batch_id: e for e in self.entries()}
+        for staged in sorted(self.staging_dir.iterdir()):
+            entry = committed.get(staged.name)
+            if entry is not None:
+                _publish_files(staged, self.root, self.home)
+                done.append(f"rolled forward batch {staged.name} (seq {entry.seq})")
+            else:
+                done.append(f"discarded uncommitted batch {staged.name}")
+            shutil.rmtree(staged, ignore_errors=True)
+        return done
+
+
+@dataclass
+class _Part:
+    writer: pq.ParquetWriter
+    rel: str
+    rows: int = 0
+    min_ts: int = 2**63 - 1
+    max_ts: int = -(2**63)
+
+
+@dataclass
+class StagedBatch:
+    """Files of one batch being written; invisible until ``commit``."""
+
+    master: MasterDataset
+    batch_id: str
+    _open: OrderedDict[tuple[Kind, int], _Part] = field(default_factory=OrderedDict)
+    _done: list[_Part] = field(default_factory=list)
+    _parts_per_key: dict[tuple[Kind, int], int] = field(default_factory=dict)
+    _rejects: list[pa.Table] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.dir = self.master.staging_dir / self.batch_id
+        # A leftover from a crashed attempt at the same batch is garbage: start clean.
+        shutil.rmtree(self.dir, ignore_errors=True)
+        self.dir.mkdir(parents=True)
+
+    def write(self, kind: Kind, table: pa.Table) -> None:
+        """Append events, routed to their date/hour partition by event time."""
+        if table.num_rows == 0:
+            return
+        ts = table.column("ts").combine_chunks().cast(pa.int64()).to_numpy()
+        hours = ts // US_PER_HOUR
+        order = np.argsort(hours, kind="stable")
+        sorted_hours = hours[order]
+        bounds = np.flatnonzero(np.diff(sorted_hours)) + 1
+        for idx in np.split(order, bounds):
+            hour = int(hours[idx[0]])
+            part = self._part(kind, hour)
+            piece = table.take(pa.array(idx))
+            part.writer.write_table(piece)
+            part.rows += len(idx)
+            part.min_ts = min(part.min_ts, int(ts[idx].min()))
+            part.max_ts = max(part.max_ts, int(ts[idx].max()))
+
+    def quarantine(self, rejects: RejectBuilder, fmt: str) -> None:
+        if len(rejects):
+            self._rejects.append(rejects.to_table(fmt))
+
+    def _part(self, kind: Kind, hour: int) -> _Part:
+        key = (kind, hour)
+        part = self._open.get(key)
+        if part is not None:
+            self._open.move_to_end(key)
+            return part
+        if len(self._open) >= MAX_OPEN_WRITERS:
+            _, evicted = self._open.popitem(last=False)
+            evicted.writer.close()
+            self._done.append(evicted)
+        n = self._parts_per_key.get(key, 0)
+        self._parts_per_key[key] = n + 1
+        stamp = time.gmtime(hour * 3600)
+        rel = (
+            f"{kind}/date={time.strftime('%Y-%m-%d', stamp)}/hour={stamp.tm_hour:02d}/"
+            f"{self.batch_id}-{n:04d}.parquet"
+        )
+        path = self.dir / "master" / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        writer = pq.ParquetWriter(path, schema_for(kind), **PARQUET_OPTIONS)
+        part = _Part(writer, rel)
+        self._open[key] = part
+        return part
+
+    def commit(self, origin: dict[str, Any], *, read: int) -> ManifestEntry:
+        """Make the batch visible, atomically. Returns its manifest entry."""
+        # Step 1: close every writer so all Parquet footers are written.
+        for part in self._open.values():
+            part.writer.close()
+            self._done.append(part)
+        self._open.clear()
+        quarantined = sum(t.num_rows for t in self._rejects)
+        qfile = None
+        if self._rejects:
+            qfile = f"quarantine/{self.batch_id}.parquet"
+            qpath = self.dir / qfile
+            qpath.parent.mkdir(parents=True, exist_ok=True)
+            pq.write_table(pa.concat_tables(self._rejects).cast(QUARANTINE_SCHEMA), qpath)
+        # Step 2: make the staged bytes durable before anything points at them.
+        _fsync_tree(self.dir)
+        files = tuple(
+            DataFile(p.rel, _kind_of(p.rel), p.rows, p.min_ts, p.max_ts) for p in self._done
+        )
+        accepted = sum(f.rows for f in files)
+        # Step 3: link the manifest entry; from this instant the batch is committed.
+        entry = _link_entry(
+            self.master,
+            lambda seq: ManifestEntry(
+                seq=seq,
+                batch_id=self.batch_id,
+                created_at=time.time(),
+                origin=origin,
+                files=files,
+                read=read,
+                accepted=accepted,
+                quarantined=quarantined,
+                quarantine_file=qfile,
+            ),
+        )
+        # Step 4: move files into place. A crash here is finished by recover().
+        _publish_files(self.dir, self.master.root, self.master.home)
+        shutil.rmtree(self.dir, ignore_errors=True)
+        return entry
+
+    def abort(self) -> None:
+        for part in self._open.values():
+            with contextlib.suppress(Exception):
+                part.writer.close()
+        self._open.clear()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _kind_of(rel: str) -> Kind:
+    kind = rel.split("/", 1)[0]
+    assert kind in KINDS, rel
+    return kind  # type: ignore[return-value]
+
+
+def _link_entry(master: MasterDataset, make: Any) -> ManifestEntry:
+    master.manifest_dir.mkdir(parents=True, exist_ok=True)
+    while True:
+        existing = sorted(p for p in os.listdir(master.manifest_dir) if p.endswith(".json"))
+        seq = int(existing[-1].split(".")[0]) + 1 if existing else 1
+        entry: ManifestEntry = make(seq)
+        tmp = master.manifest_dir / f".tmp-{os.getpid()}-{seq}"
+        with open(tmp, "w") as fh:
+            json.dump(entry.to_json(), fh, indent=1)
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(tmp, master.manifest_dir / f"{seq:010d}.json")
+        except FileExistsError:
+            continue  # another writer took this number; take the next
+        finally:
+            tmp.unlink()
+        _fsync_dir(master.manifest_dir)
+        return entry
+
+
+def _publish_files(staged: Path, master_root: Path, home: Path) -> None:
+    for src_root, dst_root in ((staged / "master", master_root), (staged / "quarantine", None)):
+        if not src_root.is_dir():
+            continue
+        for src in src_root.rglob("*.parquet"):
+            rel = src.relative_to(src_root)
+            dst = (dst_root / rel) if dst_root else (home / "quarantine" / rel)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src, dst)
+
+
+def _fsync_tree(root: Path) -> None:
+    for path in root.rglob("*"):
+        if path.is_file():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,256 @@
+"""The ``loglambda`` command line. Every flag is also an env var (shown in --help)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from loglambda.core.config import Settings
+
+HOME_OPTION = click.option(
+    "--home",
+    envvar="LOGLAMBDA_HOME",
+    show_envvar=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Data directory (default ./loglambda-data).",
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+def main() -> None:
+    """loglambda: web traffic and log analytics, batch + speed + serving."""
+
+
+@main.command("generate")
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--kind",
+    type=click.Choice(["traffic", "logs"]),
+    default="traffic",
+    envvar="LOGLAMBDA_GENERATE_KIND",
+    show_envvar=True,
+)
+@click.option(
+    "--lines",
+    type=click.IntRange(min=0),
+    default=100_000,
+    envvar="LOGLAMBDA_GENERATE_LINES",
+    show_envvar=True,
+)
+@click.option(
+    "--format",
+    "fmt",
+    default=None,
+    envvar="LOGLAMBDA_GENERATE_FORMAT",
+    show_envvar=True,
+    help="combined | nginx_json (traffic); json (logs).",
+)
+@click.option("--seed", type=int, default=42, envvar="LOGLAMBDA_GENERATE_SEED", show_envvar=True)
+@click.option("--days", type=float, default=1.0, envvar="LOGLAMBDA_GENERATE_DAYS", show_envvar=True)
+@click.option(
+    "--start",
+    default=None,
+    envvar="LOGLAMBDA_GENERATE_START",
+    show_envvar=True,
+    help="ISO-8601 start instant (default 2026-11-01T00:00Z).",
+)
+@click.option(
+    "--malformed-share",
+    type=click.FloatRange(0, 1),
+    default=0.001,
+    envvar="LOGLAMBDA_GENERATE_MALFORMED_SHARE",
+    show_envvar=True,
+)
+@click.option(
+    "--late-share",
+    type=click.FloatRange(0, 1),
+    default=0.001,
+    envvar="LOGLAMBDA_GENERATE_LATE_SHARE",
+    show_envvar=True,
+)
+def generate_cmd(
+    out: Path,
+    kind: str,
+    lines: int,
+    fmt: str | None,
+    seed: int,
+    days: float,
+    start: str | None,
+    malformed_share: float,
+    late_share: float,
+) -> None:
+    """Write a realistic, seeded sample log to OUT (.gz compresses)."""
+    from loglambda.core.generate import main_generate
+
+    chosen = fmt or ("combined" if kind == "traffic" else "json")
+    try:
+        report = main_generate(
+            kind, lines, out, seed, chosen, days, start, malformed_share, late_share
+        )
+    except ValueError as err:
+        raise click.UsageError(str(err)) from err
+    click.echo(report.summary())
+
+
+@main.command("import")
+@click.argument(
+    "files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
+@click.option(
+    "--format",
+    "fmt",
+    default="auto",
+    envvar="LOGLAMBDA_FORMAT",
+    show_envvar=True,
+    help="Log format, or auto to detect it (see `loglambda formats`).",
+)
+@HOME_OPTION
+def import_cmd(files: tuple[Path, ...], fmt: str, home: Path | None) -> None:
+    """Bulk-import log files (plain or .gz) into the master dataset."""
+    from loglambda.batch.importer import import_file, progress_wanted
+    from loglambda.batch.master import MasterDataset
+
+    settings = Settings.load(home)
+    master = MasterDataset(settings.home)
+    for note in master.recover():
+        click.echo(note, err=True)
+    totals = [0, 0, 0]
+    for path in files:
+        bar = _progress(path) if progress_wanted(path) else None
+        try:
+            result = import_file(master, path, fmt, on_progress=bar.update_to if bar else None)
+        except ValueError as err:
+            raise click.ClickException(str(err)) from err
+        finally:
+            if bar is not None:
+                bar.close()
+        if result.detected:
+            click.echo(f"{path}: {result.detected}", err=True)
+        click.echo(result.summary())
+        totals[0] += result.read
+        totals[1] += result.accepted
+        totals[2] += result.quarantined
+    if len(files) > 1:
+        click.echo(
+            f"total: read {totals[0]:,} = imported {totals[1]:,} + quarantined {totals[2]:,}"
+        )
+
+
+class _Bar:
+    def __init__(self, path: Path) -> None:
+        from tqdm import tqdm
+
+        self._bar = tqdm(
+            total=path.stat().st_size,
+            unit="B",
+            unit_scale=True,
+            desc=path.name,
+            file=sys.stderr,
+            disable=None,
+            leave=False,
+        )
+
+    def update_to(self, pos: int) -> None:
+        self._bar.update(pos - self._bar.n)
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+def _progress(path: Path) -> _Bar:
+    return _Bar(path)
+
+
+@main.command("summary")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    envvar="LOGLAMBDA_JSON",
+    show_envvar=True,
+    help="Print one JSON object instead of a table.",
+)
+@click.option(
+    "--top", type=click.IntRange(min=1), default=10, envvar="LOGLAMBDA_TOP", show_envvar=True
+)
+@click.option(
+    "--count-4xx-visitors",
+    is_flag=True,
+    envvar="LOGLAMBDA_COUNT_4XX_VISITORS",
+    show_envvar=True,
+    help="Let 4xx requests create unique visitors (GoAccess's --4xx-to-unique-count).",
+)
+@HOME_OPTION
+def summary_cmd(as_json: bool, top: int, count_4xx_visitors: bool, home: Path | None) -> None:
+    """Totals, status classes, bandwidth, unique visitors and top paths."""
+    from loglambda.batch.master import MasterDataset
+    from loglambda.serving.summary import summarize
+
+    settings = Settings.load(home)
+    summary = summarize(
+        MasterDataset(settings.home).snapshot(), top=top, count_4xx_visitors=count_4xx_visitors
+    )
+    if as_json:
+        click.echo(json.dumps(summary.to_json()))
+    else:
+        click.echo(summary.render())
+
+
+@main.command("formats")
+def formats_cmd() -> None:
+    """List the log formats `--format` accepts."""
+    from loglambda.core.parsers import PARSERS
+
+    for name, parser in PARSERS.items():
+        click.echo(f"{name:16} {parser.kind}")
+
+
+@main.command("quarantine")
+@click.option(
+    "--reason",
+    default=None,
+    envvar="LOGLAMBDA_REASON",
+    show_envvar=True,
+    help="Only this reason code.",
+)
+@click.option(
+    "--limit", type=click.IntRange(min=1), default=20, envvar="LOGLAMBDA_LIMIT", show_envvar=True
+)
+@click.option("--counts", is_flag=True, help="Counts per source and reason instead of records.")
+@HOME_OPTION
+def quarantine_cmd(reason: str | None, limit: int, counts: bool, home: Path | None) -> None:
+    """Show quarantined records: source, line, reason and the raw text."""
+    import duckdb
+
+    settings = Settings.load(home)
+    qdir = settings.home / "quarantine"
+    files = sorted(str(p) for p in qdir.glob("*.parquet")) if qdir.is_dir() else []
+    if not files:
+        click.echo("quarantine is empty")
+        return
+    con = duckdb.connect()
+    where = "WHERE reason = $reason" if reason else ""
+    params: dict[str, Any] = {"files": files, "limit": limit}
+    if reason:
+        params["reason"] = reason
+    if counts:
+        rows = con.execute(
+            f"SELECT source, reason, count(*) FROM read_parquet($files) {where} "
+            "GROUP BY ALL ORDER BY 3 DESC LIMIT $limit",
+            params,
+        ).fetchall()
+        for source, why, n in rows:
+            click.echo(f"{n:>10,}  {why:14} {source}")
+        return
+    rows = con.execute(
+        "SELECT source, source_line, reason, detail, raw FROM read_parquet($files) "
+        f"{where} ORDER BY source, source_line LIMIT $limit",
+        params,
+    ).fetchall()
+    for source, line, why, detail, raw in rows:
+        click.echo(f"{source}:{line}: {why}: {detail}\n    {raw[:200]}")
