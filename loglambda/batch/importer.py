@@ -14,6 +14,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -28,6 +29,7 @@ from loglambda.core.parsers import Parsed, Parser, detect_format, get_parser
 SAMPLE_BYTES: Final = 64 << 10
 PROGRESS_MIN_BYTES: Final = 4 << 20
 PARSE_THREADS: Final = 2
+FINGERPRINT_BYTES: Final = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -75,10 +77,28 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _open(path: Path) -> BinaryIO:
+def _fingerprint(path: Path) -> str:
+    """Size plus hashes of the first and last MiB: a cheap key to find candidates.
+
+    Only a candidate is fully hashed before skipping it, so a big new file is read
+    once, not twice.
+    """
+    size = path.stat().st_size
+    digest = hashlib.sha256(str(size).encode())
     with open(path, "rb") as fh:
-        magic = fh.read(2)
-    if magic == b"\x1f\x8b":
+        digest.update(fh.read(FINGERPRINT_BYTES))
+        fh.seek(max(0, size - FINGERPRINT_BYTES))
+        digest.update(fh.read(FINGERPRINT_BYTES))
+    return digest.hexdigest()
+
+
+def _is_gzip(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(2) == b"\x1f\x8b"
+
+
+def _open(path: Path) -> BinaryIO:
+    if _is_gzip(path):
         return gzip.open(path, "rb")  # type: ignore[return-value]
     return open(path, "rb")
 
@@ -91,12 +111,11 @@ def import_file(
     on_progress: Callable[[int], None] | None = None,
 ) -> ImportResult:
     """Import one file (plain or gzip) as one master batch."""
-    file_hash = _file_sha256(path)
-    earlier = master.find_origin("file_sha256", file_hash) or master.find_origin(
-        "content_sha256", file_hash
-    )
-    if earlier is not None:
-        return _skipped(path, earlier.seq, earlier.origin.get("path"))
+    fingerprint = _fingerprint(path)
+    candidate = master.find_origin("fingerprint", fingerprint)
+    if candidate is not None and candidate.origin.get("file_sha256") == _file_sha256(path):
+        return _skipped(path, candidate.seq, candidate.origin.get("path"))
+    gz = _is_gzip(path)
     detected = None
     with _open(path) as fh:
         sample = fh.read(SAMPLE_BYTES)
@@ -106,7 +125,10 @@ def import_file(
     else:
         parser = get_parser(fmt)
 
-    batch_id = f"import-{file_hash[:16]}"
+    # Unique per attempt: two different files can share a fingerprint, and a repeat
+    # of the same file never commits (dedup above and below), so no two committed
+    # imports can share file names.
+    batch_id = f"import-{fingerprint[:12]}-{uuid.uuid4().hex[:8]}"
     staged = master.stage(batch_id)
     read = 0
     reasons: Counter[str] = Counter()
@@ -123,6 +145,8 @@ def import_file(
                     pos = compressed.fileobj.tell() if compressed and compressed.fileobj else None
                     on_progress(pos if pos is not None else stream.raw.tell())
             content_hash = stream.digest.hexdigest()
+        # For a plain file the bytes are the content; only gzip needs a second hash.
+        file_hash = _file_sha256(path) if gz else content_hash
         earlier = master.find_origin("content_sha256", content_hash)
         if earlier is not None:
             staged.abort()
@@ -132,6 +156,7 @@ def import_file(
                 "type": "import",
                 "path": str(path.resolve()),
                 "format": parser.name,
+                "fingerprint": fingerprint,
                 "file_sha256": file_hash,
                 "content_sha256": content_hash,
                 "size": os.path.getsize(path),

@@ -14,6 +14,7 @@ consumed, never the offset of the last line.
 
 from __future__ import annotations
 
+import codecs
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Final, Protocol
@@ -128,20 +129,28 @@ def split_block(
     )
 
 
-def _invalid_utf8_positions(data: bytes) -> Iterator[int]:
-    """Byte positions of invalid UTF-8 sequences, resuming after each one found."""
-    pos = 0
-    while pos < len(data):
-        try:
-            data[pos:].decode("utf-8")
-            return
-        except UnicodeDecodeError as err:
-            bad_at = pos + err.start
-            yield bad_at
-            nxt = data.find(b"\n", bad_at)
-            if nxt < 0:
-                return
-            pos = nxt + 1
+def _invalid_utf8_positions(data: bytes, segment: int = 64 << 10) -> Iterator[int]:
+    """Byte positions of invalid UTF-8, one per offending line.
+
+    Decodes in segments cut at newlines, so each bad line costs one segment's decode
+    rather than a decode of the rest of the block.
+    """
+    view = memoryview(data)
+    start = 0
+    while start < len(data):
+        end = data.find(b"\n", min(start + segment, len(data) - 1))
+        end = len(data) if end < 0 else end + 1
+        pos = start
+        while pos < end:
+            try:
+                codecs.utf_8_decode(view[pos:end], "strict", True)
+                break
+            except UnicodeDecodeError as err:
+                bad_at = pos + err.start
+                yield bad_at
+                nxt = data.find(b"\n", bad_at, end)
+                pos = end if nxt < 0 else nxt + 1
+        start = end
 
 
 def iter_blocks(
