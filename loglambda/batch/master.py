@@ -168,6 +168,9 @@ class StagedBatch:
     _done: list[_Part] = field(default_factory=list)
     _parts_per_key: dict[tuple[Kind, int], int] = field(default_factory=dict)
     _rejects: list[pa.Table] = field(default_factory=list)
+    # Set once the manifest entry is linked: from then on the staged files are the
+    # batch's only copy and must never be deleted, only moved into place.
+    committed: bool = False
 
     def __post_init__(self) -> None:
         self.dir = self.master.staging_dir / self.batch_id
@@ -256,12 +259,16 @@ class StagedBatch:
                 quarantine_file=qfile,
             ),
         )
+        self.committed = True
         # Step 4: move files into place. A crash here is finished by recover().
         _publish_files(self.dir, self.master.root, self.master.home)
         shutil.rmtree(self.dir, ignore_errors=True)
         return entry
 
     def abort(self) -> None:
+        """Discard an uncommitted batch; a committed one is left for recover()."""
+        if self.committed:
+            return
         for part in self._open.values():
             with contextlib.suppress(Exception):
                 part.writer.close()

@@ -225,7 +225,8 @@ def iter_blocks(
             return
         cut = data.rfind(b"\n") + 1
         if cut == 0:
-            if len(data) > max(max_line_bytes, block_bytes):
+            # +1: a CRLF line's \r is not part of its length.
+            if len(data) > max(max_line_bytes, block_bytes) + 1:
                 oversize, carry = (offset, len(data), data[:4096]), b""
             else:
                 carry = data

@@ -63,13 +63,19 @@ _FIELD_NAMES: Final[dict[str, list[str]]] = {
     ]
     for name, pattern in PATTERNS.items()
 }
-# Lines for the CSV fast path: exactly the format's quotes, and no backslash (escaped
-# quotes) or carriage return (a CSV row break). One RE2 DFA pass, no captures.
-_PLAIN = r'[^"\\\r]*'
+# Lines for the CSV fast path: quotes only where the format puts them (opening after a
+# space, closing before a space or the end), no backslash (escaped quotes), and no
+# whitespace but spaces outside quotes (the regex's \\S would split on it, CSV would
+# not). One RE2 DFA pass, no captures. Lines outside this shape take the regex path.
+_U = r'[^"\\\s]*(?: [^"\\\s]*)*'  # unquoted: tokens separated by single spaces
+_Q = r'[^"\\\r]*'  # inside quotes
 _ELIGIBLE: Final[dict[str, str]] = {
-    name: "^" + _PLAIN + ('"' + _PLAIN) * quotes + "$"
-    for name, quotes in (("combined", 6), ("common", 2), ("vcombined", 6))
+    "combined": rf'^{_U} "{_Q}" {_U} "{_Q}" "{_Q}"(?: {_U})?$',
+    "common": rf'^{_U} "{_Q}" {_U}$',
+    "vcombined": rf'^{_U} "{_Q}" {_U} "{_Q}" "{_Q}"(?: {_U})?$',
 }
+# Fields the regex matches with \S+ must be non-empty on the fast path too.
+_NONEMPTY: Final = ("host", "client_ip", "_ident", "_user", "status", "bytes", "request_time")
 
 
 def _csv_fields(
@@ -84,8 +90,7 @@ def _csv_fields(
 
     n = len(lines)
     if n == 0:
-        empty = pa.StructArray.from_arrays([pa.array([], pa.string())] * len(names), names)
-        return empty, np.zeros(0, dtype=bool)
+        return _no_fields(names), np.zeros(0, dtype=bool)
     # One trailing field after the last quote means a request-time column.
     first = lines[0].as_py()
     tail_tokens = first.rsplit('"', 1)[1].split() if '"' in first else []
@@ -132,29 +137,44 @@ def _csv_fields(
         ),
     )
     ok = np.ones(n, dtype=bool)
+    if -1 in skipped or table.num_rows != n - len(skipped):
+        # Row numbers unknown, or the tokenizer joined lines: trust nothing from it.
+        return _no_fields(names), np.zeros(n, dtype=bool)
     if skipped:
-        if -1 in skipped:  # row numbers unknown: trust nothing from this block
-            return pa.StructArray.from_arrays(
-                [pa.nulls(0, pa.string())] * len(names), names
-            ), np.zeros(n, dtype=bool)
         ok[np.array(skipped)] = False
-    t1, t2 = table["_t1"].combine_chunks(), table["_t2"].combine_chunks()
-    # "[10/Oct/2000:13:55:36" "-0700]": both halves must carry their bracket.
-    good_time = pc.and_kleene(pc.starts_with(t1, "["), pc.ends_with(t2, "]"))
-    time = pc.binary_join_element_wise(
-        pc.utf8_slice_codeunits(t1, 1), pc.utf8_slice_codeunits(t2, 0, -1), " "
+    cols_ = {c: table[c].combine_chunks() for c in cols}
+    t1, t2 = cols_["_t1"], cols_["_t2"]
+    # "[10/Oct/2000:13:55:36" "-0700]": exactly what the regex's \[([^\]]*)\] takes.
+    valid = pc.and_kleene(
+        pc.match_substring_regex(t1, r"^\[[^\]]*$"), pc.match_substring_regex(t2, r"^[^\]]*\]$")
     )
+    for c in _NONEMPTY:
+        if c in cols_:
+            valid = pc.and_kleene(valid, pc.not_equal(cols_[c], ""))
+    if "host" in cols_:  # vhost_combined writes %v:%p; the port is not part of the host
+        valid = pc.and_kleene(
+            valid, pc.match_substring_regex(cols_["host"], r"^[^:]+(?::[0-9]+)?$")
+        )
+        cols_["host"] = pc.replace_substring_regex(cols_["host"], r":[0-9]+$", "")
     fields = {
-        "time": pc.if_else(good_time, time, pa.scalar("")),
-        "request_time": table["request_time"].combine_chunks()
+        "time": pc.binary_join_element_wise(
+            pc.utf8_slice_codeunits(t1, 1), pc.utf8_slice_codeunits(t2, 0, -1), " "
+        ),
+        "request_time": cols_["request_time"]
         if has_rt
         else pa.array([""] * table.num_rows, pa.string()),
     }
     for name in names:
         if name not in fields:
-            fields[name] = table[name].combine_chunks()
+            fields[name] = cols_[name]
     out = pa.StructArray.from_arrays([fields[n_] for n_ in names], names)
-    return out, ok
+    valid_np = valid.to_numpy(zero_copy_only=False)
+    ok[np.flatnonzero(ok)[~valid_np]] = False
+    return out.filter(valid), ok
+
+
+def _no_fields(names: list[str]) -> pa.StructArray:
+    return pa.StructArray.from_arrays([pa.array([], pa.string())] * len(names), names)
 
 
 def _null_if(arr: pa.Array, *values: str) -> pa.Array:
