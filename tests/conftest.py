@@ -1,0 +1,32 @@
+"""Shared fixtures: the shared sample log, and an isolated LOGLAMBDA_HOME."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+# The repository lives at <x>/main and the shared test data at <x>/shared/data. This file
+# is <x>/main/tests/conftest.py, so parents[1] is the repository and its parent is <x>.
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def sample_log() -> Path:
+    """The 10,000-line Apache combined sample (read in place, never copied)."""
+    path = SHARED_DATA / "apache_combined_10k.log"
+    if not path.is_file():
+        pytest.fail(
+            f"sample log missing: expected {path} (the shared test data lives next to the "
+            "repository, at ../shared/data/)",
+            pytrace=False,
+        )
+    return path
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh, empty LOGLAMBDA_HOME, also exported so commands without --home use it."""
+    path = tmp_path / "loglambda-home"
+    monkeypatch.setenv("LOGLAMBDA_HOME", str(path))
+    return path
