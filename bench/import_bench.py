@@ -59,7 +59,8 @@ def main() -> int:
         )
         out = work / "goaccess.json"
         theirs.append(_timed([goaccess, str(log), "--log-format=COMBINED", "-o", str(out)]))
-        general = json.loads(out.read_text())["general"]
+        # GoAccess copies invalid bytes from malformed lines into its JSON.
+        general = json.loads(out.read_bytes().decode("utf-8", "replace"))["general"]
         print(
             f"run {i}: loglambda {ours[-1]:.2f} s, goaccess {theirs[-1]:.2f} s "
             f"(goaccess valid {general['valid_requests']:,})"
