@@ -18,6 +18,7 @@ same batch rewrites the same names instead of adding duplicates.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -138,14 +139,20 @@ class MasterDataset:
         if not self.staging_dir.is_dir():
             return done
         committed = {e.batch_id: e for e in self.entries()}
-        for staged in sorted(self.staging_dir.iterdir()):
-            entry = committed.get(staged.name)
-            if entry is not None:
-                _publish_files(staged, self.root, self.home)
-                done.append(f"rolled forward batch {staged.name} (seq {entry.seq})")
-            else:
-                done.append(f"discarded uncommitted batch {staged.name}")
-            shutil.rmtree(staged, ignore_errors=True)
+        for staged in sorted(p for p in self.staging_dir.iterdir() if p.is_dir()):
+            lock = _try_lock(self.staging_dir / f"{staged.name}.lock")
+            if lock is None:
+                continue  # a live writer holds it: not a crash, leave it alone
+            try:
+                entry = committed.get(staged.name)
+                if entry is not None:
+                    _publish_files(staged, self.root, self.home)
+                    done.append(f"rolled forward batch {staged.name} (seq {entry.seq})")
+                else:
+                    done.append(f"discarded uncommitted batch {staged.name}")
+                shutil.rmtree(staged, ignore_errors=True)
+            finally:
+                _unlock(lock, self.staging_dir / f"{staged.name}.lock")
         return done
 
 
@@ -174,6 +181,14 @@ class StagedBatch:
 
     def __post_init__(self) -> None:
         self.dir = self.master.staging_dir / self.batch_id
+        self.dir.parent.mkdir(parents=True, exist_ok=True)
+        # Held for the batch's life; the OS drops it if the process dies, which is how
+        # recover() tells a crashed batch from one that is still being written.
+        self._lock_path = self.master.staging_dir / f"{self.batch_id}.lock"
+        lock = _try_lock(self._lock_path)
+        if lock is None:
+            raise RuntimeError(f"batch {self.batch_id} is being written by another process")
+        self._lock = lock
         # A leftover from a crashed attempt at the same batch is garbage: start clean.
         shutil.rmtree(self.dir, ignore_errors=True)
         self.dir.mkdir(parents=True)
@@ -261,19 +276,45 @@ class StagedBatch:
         )
         self.committed = True
         # Step 4: move files into place. A crash here is finished by recover().
-        _publish_files(self.dir, self.master.root, self.master.home)
-        shutil.rmtree(self.dir, ignore_errors=True)
+        try:
+            _publish_files(self.dir, self.master.root, self.master.home)
+            shutil.rmtree(self.dir, ignore_errors=True)
+        finally:
+            # Even on failure: the batch is committed, and recover() must be free to
+            # finish the move.
+            _unlock(self._lock, self._lock_path)
+            self._lock = -1
         return entry
 
     def abort(self) -> None:
         """Discard an uncommitted batch; a committed one is left for recover()."""
-        if self.committed:
+        if self.committed or self._lock < 0:
             return
         for part in self._open.values():
             with contextlib.suppress(Exception):
                 part.writer.close()
         self._open.clear()
         shutil.rmtree(self.dir, ignore_errors=True)
+        _unlock(self._lock, self._lock_path)
+        self._lock = -1
+
+
+def _try_lock(path: Path) -> int | None:
+    """An exclusive flock on ``path``, or None if another process holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _unlock(fd: int, path: Path) -> None:
+    # Unlink before closing: a waiter that opened the old inode retries on a new one.
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    os.close(fd)
 
 
 def _kind_of(rel: str) -> Kind:

@@ -320,7 +320,9 @@ def test_crash_after_staging_is_discarded(home: Path, small_log: Path) -> None:
     staged = master.stage("import-crashed")
     staged.write("traffic", table)
     staged.write("traffic", table)
-    # ... and the process dies here, before commit: writers never closed.
+    # ... and the process dies here, before commit: writers never closed, and the OS
+    # drops the batch's lock.
+    os.close(staged._lock)
     assert summary(home) == before  # invisible even before recovery
     done = master.recover()
     assert done == ["discarded uncommitted batch import-crashed"]
@@ -333,6 +335,7 @@ def test_import_command_recovers_before_importing(home: Path, small_log: Path) -
     run("import", small_log, "--home", home)
     staged = MasterDataset(home).stage("import-crashed")
     staged.write("traffic", pq.read_table(master_files(home)[0]))
+    os.close(staged._lock)  # the writing process died: the OS released its lock
     result = run("import", small_log, "--home", home)
     assert "discarded uncommitted batch import-crashed" in result.stderr
     assert summary(home)["requests"] == 1_000
@@ -409,3 +412,19 @@ def test_console_script(tmp_path: Path, sample_log: Path) -> None:
     )
     got = json.loads(out.stdout)
     assert {k: got[k] for k in GOACCESS} == GOACCESS
+
+
+def test_recover_leaves_a_batch_that_is_still_being_written_alone(
+    home: Path, small_log: Path
+) -> None:
+    """A scheduled `batch run` (which recovers) must not discard a concurrent import."""
+    run("import", small_log, "--home", home)
+    master = MasterDataset(home)
+    table = pq.read_table(master_files(home)[0])
+    before = master.snapshot().rows("traffic")
+    staged = master.stage("import-live")
+    staged.write("traffic", table)
+    assert MasterDataset(home).recover() == []
+    entry = staged.commit({"type": "test"}, read=table.num_rows)
+    assert entry.accepted == table.num_rows
+    assert MasterDataset(home).snapshot().rows("traffic") == before + table.num_rows
