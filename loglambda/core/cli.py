@@ -254,3 +254,146 @@ def quarantine_cmd(reason: str | None, limit: int, counts: bool, home: Path | No
     ).fetchall()
     for source, line, why, detail, raw in rows:
         click.echo(f"{source}:{line}: {why}: {detail}\n    {raw[:200]}")
+
+
+@main.group("batch")
+def batch_group() -> None:
+    """Recompute batch views from the master dataset; list and roll back versions."""
+
+
+@batch_group.command("run")
+@click.option(
+    "--engine",
+    default="duckdb",
+    envvar="LOGLAMBDA_ENGINE",
+    show_envvar=True,
+    help="Batch engine that computes the views: duckdb.",
+)
+@click.option(
+    "--views",
+    default=None,
+    envvar="LOGLAMBDA_VIEWS",
+    show_envvar=True,
+    help="Comma-separated views to repair: recomputed at the current version's horizon, "
+    "the others carried over. Default: every view, at a new horizon.",
+)
+@click.option(
+    "--keep",
+    type=click.IntRange(min=1),
+    default=5,
+    envvar="LOGLAMBDA_KEEP_VERSIONS",
+    show_envvar=True,
+    help="Versions to keep; older ones are deleted (never the current one).",
+)
+@HOME_OPTION
+def batch_run_cmd(engine: str, views: str | None, keep: int, home: Path | None) -> None:
+    """Recompute the views and publish them as a new version."""
+    from loglambda.batch.recompute import ViewProgress, run_batch
+    from loglambda.batch.versions import VersionError, VersionStore
+
+    settings = Settings.load(home)
+
+    def show(p: ViewProgress) -> None:
+        if p.carried_from is None:
+            click.echo(f"  {p.name:<28} {p.rows:>12,} rows {p.seconds:8.2f} s")
+        else:
+            click.echo(
+                f"  {p.name:<28} {p.rows:>12,} rows  carried over from version {p.carried_from}"
+            )
+
+    chosen = [v.strip() for v in views.split(",") if v.strip()] if views else None
+    try:
+        record = run_batch(
+            settings.home,
+            engine,
+            chosen,
+            keep,
+            on_progress=show,
+            on_note=lambda message: click.echo(message, err=True),
+        )
+    except VersionError as err:
+        raise click.ClickException(str(err)) from err
+    except Exception:
+        current = VersionStore(settings.home).current()
+        served = f"version {current.version}" if current else "no version"
+        click.echo(
+            f"batch run failed: CURRENT unchanged ({served}); the next run removes the "
+            "partial output",
+            err=True,
+        )
+        raise
+    click.echo(
+        f"published version {record.version}: horizon {record.horizon.describe()}, "
+        f"{len(record.views)} views, {record.rows:,} rows in {record.duration_s:.1f} s"
+    )
+
+
+@batch_group.command("status")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    envvar="LOGLAMBDA_JSON",
+    show_envvar=True,
+    help="Print one JSON object instead of text.",
+)
+@HOME_OPTION
+def batch_status_cmd(as_json: bool, home: Path | None) -> None:
+    """List kept versions: horizon, rows, duration, which is current."""
+    from loglambda.batch.master import MasterDataset
+    from loglambda.batch.versions import VersionStore
+
+    settings = Settings.load(home)
+    store = VersionStore(settings.home)
+    current = store.current()
+    number = current.version if current else None
+    kept = store.list()
+    master_seq = MasterDataset(settings.home).snapshot().seq
+    if as_json:
+        out = [{**r.to_json(), "current": r.version == number} for r in kept]
+        click.echo(json.dumps({"current": number, "master_seq": master_seq, "versions": out}))
+        return
+    if current is None:
+        click.echo(f"no batch views published; master dataset at seq {master_seq}")
+        click.echo("run `loglambda batch run` to publish the first version")
+        return
+    for r in reversed(kept):
+        mark = "* " if r.version == number else "  "
+        click.echo(
+            f"{mark}version {r.version}{' (current)' if r.version == number else ''}: "
+            f"horizon {r.horizon.describe()}, {len(r.views)} views, {r.rows:,} rows, "
+            f"{r.duration_s:.1f} s with {r.engine}, created {r.created_at}"
+        )
+        for name, v in r.views.items():
+            origin = f"  (from version {v.built_in})" if v.built_in != r.version else ""
+            click.echo(f"      {name:<28} {v.rows:>12,} rows{origin}")
+    behind = master_seq - current.horizon.master_seq
+    if behind:
+        click.echo(
+            f"master dataset at seq {master_seq}: the current version is {behind} batch(es) "
+            "behind; `loglambda batch run` catches up"
+        )
+    else:
+        click.echo(f"master dataset at seq {master_seq}: the current version covers all of it")
+
+
+@batch_group.command("rollback")
+@HOME_OPTION
+def batch_rollback_cmd(home: Path | None) -> None:
+    """Make the previous kept version current again.
+
+    Later versions stay kept; the next run still takes a new, higher number.
+    """
+    from loglambda.batch.versions import VersionError, VersionStore
+
+    store = VersionStore(Settings.load(home).home)
+    before = store.current()
+    try:
+        record = store.rollback()
+    except VersionError as err:
+        raise click.ClickException(str(err)) from err
+    was = f" (was {before.version})" if before else ""
+    click.echo(
+        f"current version is now {record.version}{was}: horizon {record.horizon.describe()}, "
+        f"{len(record.views)} views, {record.rows:,} rows"
+    )
