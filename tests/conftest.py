@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -30,3 +32,14 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     path = tmp_path / "loglambda-home"
     monkeypatch.setenv("LOGLAMBDA_HOME", str(path))
     return path
+
+
+@pytest.fixture(scope="session")
+def goaccess() -> str:
+    """The GoAccess binary we check numbers against: required in CI, optional locally."""
+    found = shutil.which("goaccess")
+    if found is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("goaccess is not installed; CI must install it (see .ci/run)")
+        pytest.skip("goaccess is not installed (apt-get install goaccess); CI runs this test")
+    return found

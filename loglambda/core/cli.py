@@ -121,7 +121,7 @@ def import_cmd(files: tuple[Path, ...], fmt: str, home: Path | None) -> None:
         click.echo(note, err=True)
     totals = [0, 0, 0]
     for path in files:
-        bar = _progress(path) if progress_wanted(path) else None
+        bar = _Bar(path) if progress_wanted(path) else None
         try:
             result = import_file(master, path, fmt, on_progress=bar.update_to if bar else None)
         except ValueError as err:
@@ -160,10 +160,6 @@ class _Bar:
 
     def close(self) -> None:
         self._bar.close()
-
-
-def _progress(path: Path) -> _Bar:
-    return _Bar(path)
 
 
 @main.command("summary")

@@ -36,8 +36,6 @@ given explicitly, so the result does not depend on the machine's configuration.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import urllib.parse
 from collections.abc import Callable, Hashable
@@ -63,16 +61,6 @@ pytestmark = pytest.mark.integration
 
 Item = tuple[int, int, int]  # hits, bytes, visitors
 Panel = dict[Hashable, Item]
-
-
-@pytest.fixture(scope="module")
-def goaccess() -> str:
-    found = shutil.which("goaccess")
-    if found is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("goaccess is not installed; CI must install it (see .ci/run)")
-        pytest.skip("goaccess is not installed (apt-get install goaccess); CI runs this test")
-    return found
 
 
 @pytest.fixture(scope="module")

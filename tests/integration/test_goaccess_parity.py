@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -15,16 +13,6 @@ from click.testing import CliRunner
 from loglambda.core.cli import main
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def goaccess() -> str:
-    found = shutil.which("goaccess")
-    if found is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("goaccess is not installed; CI must install it (see .ci/run)")
-        pytest.skip("goaccess is not installed (apt-get install goaccess); CI runs this test")
-    return found
 
 
 @pytest.fixture(scope="module")
