@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO := loglambda-data/samples
 
-.PHONY: venv demo test test-all lint fmt bench-import clean
+.PHONY: venv demo test test-all lint fmt bench-import bench-batch clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -17,12 +17,14 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 # The main job on the embedded default: generate two days of traffic and app logs,
-# import them into the master dataset, print the traffic summary.
+# import them into the master dataset, recompute and publish the batch views, print
+# the traffic summary.
 demo: $(STAMP)
 	mkdir -p $(DEMO)
 	$(BIN)/loglambda generate $(DEMO)/access.log --lines 200000 --days 2
 	$(BIN)/loglambda generate $(DEMO)/app.log --kind logs --lines 50000 --days 2
 	$(BIN)/loglambda import $(DEMO)/access.log $(DEMO)/app.log
+	$(BIN)/loglambda batch run
 	$(BIN)/loglambda summary
 
 # The fast suite (unit + integration + e2e, without `slow`).
@@ -43,6 +45,9 @@ fmt: $(STAMP)
 
 bench-import: $(STAMP)
 	$(BIN)/python bench/import_bench.py
+
+bench-batch: $(STAMP)
+	$(BIN)/python bench/batch_bench.py
 
 clean:
 	rm -rf $(VENV) loglambda-data
