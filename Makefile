@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO := loglambda-data/samples
 
-.PHONY: venv demo test test-all lint fmt bench-import bench-batch clean
+.PHONY: venv demo test test-fast lint fmt bench-import bench-batch clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -27,12 +27,13 @@ demo: $(STAMP)
 	$(BIN)/loglambda batch run
 	$(BIN)/loglambda summary
 
-# The fast suite (unit + integration + e2e, without `slow`).
+# Every test, the slow ones (a local Spark JVM) included: what CI runs.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
-
-test-all: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The fast suite for the edit-test loop: everything but `slow`.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
