@@ -18,7 +18,6 @@ from typing import Any
 
 import pytest
 
-from loglambda.core import generate_output
 from loglambda.core.generate import (
     AppLogSpec,
     GenerateReport,
@@ -27,6 +26,7 @@ from loglambda.core.generate import (
     write_applogs,
     write_traffic,
 )
+from loglambda.core.generate import output as generate_output
 
 pytestmark = pytest.mark.unit
 

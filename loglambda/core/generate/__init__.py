@@ -5,8 +5,8 @@ curves, bots, incidents, broken lines) yet are identical on every machine, so re
 can be compared run to run. Same seed and arguments give byte-identical files.
 
 This module is the public face: the spec/report types and ``main_generate`` for the
-CLI. The work is in ``generate_traffic`` (access logs), ``generate_applogs`` (JSON app
-logs) and ``generate_common`` (time model, incidents, fast writer) they share.
+CLI. The work is in ``traffic`` (access logs), ``applogs`` (JSON app
+logs) and ``common`` (time model, incidents, fast writer) they share.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Final
 
-from loglambda.core.generate_applogs import STYLES, AppLogSpec, Style, write_applogs
-from loglambda.core.generate_common import DEFAULT_START, to_utc
-from loglambda.core.generate_output import GenerateReport
-from loglambda.core.generate_traffic import (
+from loglambda.core.generate.applogs import STYLES, AppLogSpec, Style, write_applogs
+from loglambda.core.generate.common import DEFAULT_START, to_utc
+from loglambda.core.generate.output import GenerateReport
+from loglambda.core.generate.traffic import (
     TRAFFIC_FORMATS,
     TrafficFormat,
     TrafficSpec,

@@ -25,8 +25,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from loglambda.core import generate_site as site
-from loglambda.core.generate_applog_text import (
+from loglambda.core.generate import site as site
+from loglambda.core.generate.applog_text import (
     ERROR,
     LEVEL_NAMES,
     STACKS,
@@ -37,7 +37,7 @@ from loglambda.core.generate_applog_text import (
     escaped,
     service_profile,
 )
-from loglambda.core.generate_common import (
+from loglambda.core.generate.common import (
     DEFAULT_START,
     F64,
     I64,
@@ -63,7 +63,7 @@ from loglambda.core.generate_common import (
     take,
     time_of_day,
 )
-from loglambda.core.generate_output import (
+from loglambda.core.generate.output import (
     GenerateReport,
     MalformedSpec,
     garbage_text,

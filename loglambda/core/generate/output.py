@@ -20,7 +20,7 @@ from typing import BinaryIO, Final
 import numpy as np
 import pyarrow as pa
 
-from loglambda.core.generate_common import (
+from loglambda.core.generate.common import (
     I64,
     STREAM_CHUNK,
     STREAM_MALFORMED,

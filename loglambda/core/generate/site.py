@@ -18,8 +18,8 @@ from urllib.parse import quote_plus
 import numpy as np
 import pyarrow as pa
 
-from loglambda.core import generate_vocab as vocab
-from loglambda.core.generate_common import F64, I64, Bools, grouped_cdf, strings, zipf_weights
+from loglambda.core.generate import vocab as vocab
+from loglambda.core.generate.common import F64, I64, Bools, grouped_cdf, strings, zipf_weights
 
 METHODS: Final = ("GET", "POST", "PUT", "DELETE", "PATCH", "HEAD")
 GET, POST, PUT, DELETE, PATCH, HEAD = range(6)

@@ -24,9 +24,9 @@ from typing import Final, Literal
 import numpy as np
 import pyarrow as pa
 
-from loglambda.core import generate_site as site
-from loglambda.core import generate_vocab as vocab
-from loglambda.core.generate_common import (
+from loglambda.core.generate import site as site
+from loglambda.core.generate import vocab as vocab
+from loglambda.core.generate.common import (
     DEFAULT_START,
     F64,
     I64,
@@ -53,7 +53,7 @@ from loglambda.core.generate_common import (
     time_of_day,
     zipf_weights,
 )
-from loglambda.core.generate_output import (
+from loglambda.core.generate.output import (
     GenerateReport,
     MalformedSpec,
     garbage_text,

@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from loglambda.core.generate_common import (
+from loglambda.core.generate.common import (
     choose,
     hex_strings,
     int_strings,
