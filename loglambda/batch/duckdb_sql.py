@@ -64,6 +64,9 @@ class SideTable:
     keys: tuple[str, ...]
     sql: str | None = None
     lookup: str | None = None
+    # An item dictionary (``h``, ``item``): the hash of a distinct item's inputs and the
+    # item. The engine reads it into a sorted dictionary for the HLL sketches.
+    items: bool = False
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,13 @@ class CompiledView:
     tables: tuple[SideTable, ...]  # side tables joined
     sketches: frozenset[str]  # measures whose SQL column is a list of items (-> HLL)
     histograms: frozenset[str]  # measures whose SQL column is a {key, count} list
+    # Sketch measures whose list holds hashes of the item's inputs, not the items: the
+    # measure name -> the item dictionary (a side table with ``items``) to map them by.
+    hashed: dict[str, str] = field(default_factory=dict)
+    # Columns the engine adds to the events relation when loading it: name -> SQL over
+    # event columns. Why: a view's hash of item inputs is then read, not recomputed
+    # (nor its wide inputs scanned) by every view.
+    computed: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -191,10 +201,14 @@ class _Part:
 
 
 class _Compiler:
-    def __init__(self, view: View, settings: DerivedSettings, events: str) -> None:
+    def __init__(
+        self, view: View, settings: DerivedSettings, events: str, hash_items: bool = True
+    ) -> None:
         self.view = view
         self.settings = settings
         self.events = events
+        self.hash_items = hash_items
+        self.computed: dict[str, str] = {}
         self.columns: set[str] = set()
         self.tables: dict[str, SideTable] = {}
 
@@ -317,12 +331,64 @@ class _Compiler:
         group = " GROUP BY ALL" if outputs else ""
         return f"SELECT {names}{hist} AS {q(m.name)} FROM ({inner}){group}"
 
+    def hashed_inputs(self, m: Measure) -> tuple[str, ...] | None:
+        """The per-event SQL of the inputs of a distinct item worth hashing, or None.
+
+        Why: an item derived per distinct value from several wide columns (the visitor,
+        from client IP, date and user agent) makes every view's DISTINCT group by all
+        of them. One 64-bit hash of the inputs per event is a narrow key instead; the
+        items themselves are derived once per load, in the item dictionary.
+        """
+        part = _Part(self)
+        assert m.column is not None
+        entry = part.entry(m.column)
+        if entry is None or entry.lookup is not None or not part.deferred(m.column):
+            return None
+        if any(part.deferred(i) for i in entry.inputs) or DIALECT not in entry.sql:
+            return None
+        return tuple(part.event(i) for i in entry.inputs)
+
+    def item_table(self, m: Measure) -> SideTable:
+        """The item dictionary of ``m``: (hash of inputs, item) per distinct input."""
+        assert m.column is not None
+        entry = derived(self.view.kind, m.column)
+        assert entry is not None
+        part = _Part(self)
+        inputs = [part.event(i) for i in entry.inputs]
+        aliases = {name: f"i{n}" for n, name in enumerate(entry.inputs)}
+        item = part.sql_of(entry, lambda name: q(aliases[name]))
+        pairs = zip(entry.inputs, inputs, strict=True)
+        cols = ", ".join(f"{sql} AS {q(aliases[name])}" for name, sql in pairs)
+        hashed = f"hash({', '.join(q(aliases[name]) for name in entry.inputs)})"
+        sql = (
+            f"SELECT DISTINCT {hashed} AS h, {item} AS item "
+            f"FROM (SELECT DISTINCT {cols} FROM {self.events})"
+        )
+        table = SideTable(f"{self.events}_items_{m.column}", (), sql=sql, items=True)
+        self.tables[table.name] = table
+        return table
+
     def distinct(self, m: Measure) -> str:
         """The items per group (unsorted, maybe repeated: the sketch builder sorts and
-        dedupes them)."""
+        dedupes them), or the hashes of their inputs (see ``hashed_inputs``)."""
         part = _Part(self)
         assert m.column is not None
         outputs = part.outputs()
+        hashed = self.hashed_inputs(m) if self.hash_items else None
+        if hashed is not None:
+            self.item_table(m)
+            where, late = part.conditions(self.view.where, m.filter)
+            column = f"_hash_{m.column}"
+            self.computed[column] = f"hash({', '.join(hashed)})"
+            part.key("k__item", q(column))
+            p1 = part.phase1(where, [], distinct=True)
+            keys = "".join(f"{sql} AS {q(n)}, " for n, sql in outputs)
+            inner = f"SELECT {keys}p1.k__item AS item, {_and(late)} AS ok FROM {part.source(p1)}"
+            names = "".join(f"{q(n)}, " for n, _ in outputs)
+            group = " GROUP BY ALL" if outputs else ""
+            return (
+                f"SELECT {names}list(item) FILTER (WHERE ok) AS {q(m.name)} FROM ({inner}){group}"
+            )
         item = part.merged(m.column)
         where, late = part.conditions(self.view.where, m.filter)
         p1 = part.phase1(where, [], distinct=True)
@@ -336,10 +402,16 @@ class _Compiler:
         return f"SELECT {names}{items} AS {q(m.name)} FROM ({inner}){group}"
 
 
-def compile_view(view: View, settings: DerivedSettings, events: str) -> CompiledView:
-    """Compile ``view`` over the relation ``events`` (side tables are named after it)."""
+def compile_view(
+    view: View, settings: DerivedSettings, events: str, *, hash_items: bool = True
+) -> CompiledView:
+    """Compile ``view`` over the relation ``events`` (side tables are named after it).
+
+    ``hash_items=False`` lists the items themselves for every distinct measure (the
+    engine's fallback should two items' inputs ever hash alike).
+    """
     check_view(view)
-    comp = _Compiler(view, settings, events)
+    comp = _Compiler(view, settings, events, hash_items)
     exact = [m for m in view.measures if m.agg in ("count", "sum", "min", "max")]
     quantiles = [m for m in view.measures if m.agg == "quantiles"]
     folded = quantiles[0] if quantiles else None
@@ -373,6 +445,12 @@ def compile_view(view: View, settings: DerivedSettings, events: str) -> Compiled
         tuple(comp.tables[k] for k in sorted(comp.tables)),
         frozenset(m.name for m in view.measures if m.agg == "distinct"),
         frozenset(m.name for m in quantiles),
+        {
+            m.name: f"{events}_items_{m.column}"
+            for m in view.measures
+            if m.agg == "distinct" and f"{events}_items_{m.column}" in comp.tables
+        },
+        comp.computed,
     )
 
 

@@ -12,7 +12,10 @@ touches this module. What is left here is running it well:
   and the user-agent lookup that runs ua-parser once per distinct agent) are built
   once per loaded events and shared by every view that joins them.
 - Unique counts leave DuckDB as lists of items per row and become HLL sketches in
-  the sketches module (DuckDB has no DataSketches aggregate).
+  the sketches module (DuckDB has no DataSketches aggregate). An item derived from
+  wide columns (the visitor: IP, date, agent) travels as a 64-bit hash of its inputs,
+  computed once per load as an events column; an item dictionary built once per load
+  maps hashes back to the sorted items, so the sketches hash the very same strings.
 
 Output is deterministic: rows sorted by every key column, sketches built from sorted
 items, one Arrow chunk per column, types exactly ``catalog.output_schema(view)``.
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -94,11 +98,19 @@ class DuckDBEngine:
         self._con = duckdb.connect(":memory:")
         self._con.execute("SET TimeZone = 'UTC'")
         self._con.execute(f"SET threads = {int(threads or os.cpu_count() or 1)}")
+        # Every result is ordered explicitly (ORDER BY every key, sketches from sorted
+        # items, histograms sorted by key, integer sums only), so row order inside
+        # DuckDB carries no meaning; not preserving it lets scans and CTAS run unordered.
+        self._con.execute("SET preserve_insertion_order = false")
         if memory_limit:
             self._con.execute("SET memory_limit = $limit", {"limit": memory_limit})
         # Per kind: the files and columns its events table holds now.
         self._loaded: dict[Kind, tuple[_FileKey, frozenset[str]]] = {}
         self._tables: dict[str, _FileKey] = {}  # side table -> events it was built from
+        # Item dictionaries read into Python, per side table (see ``_ItemDictionary``);
+        # None when two items' inputs hash alike (then views list the items themselves).
+        self._items: dict[str, _ItemDictionary | None] = {}
+        self._computed: dict[Kind, dict[str, str]] = {}  # computed columns loaded
 
     def close(self) -> None:
         self._con.close()
@@ -129,31 +141,52 @@ class DuckDBEngine:
             if kind not in files_by_kind:
                 raise CatalogError(f"no files given for {kind!r} events, which views read")
             mine = [c for c in compiled if c.view.kind == kind]
-            self._load(kind, files_by_kind[kind], set().union(*(c.columns for c in mine)))
-        for c in compiled:
+            computed = {k: v for c in mine for k, v in c.computed.items()}
+            columns = set().union(*(c.columns for c in mine))
+            self._load(kind, files_by_kind[kind], columns, computed)
+        for i, c in enumerate(compiled):
             for table in c.tables:
                 self._side_table(c.view.kind, table)
+            if any(self._items.get(t) is None for t in c.hashed.values()):
+                # A hash collision between different items (never seen; 64-bit hashes
+                # of a few million inputs): this view lists the items themselves.
+                c = compiled[i] = compile_view(
+                    c.view, self.settings, EVENTS.format(kind=c.view.kind), hash_items=False
+                )
+                for table in c.tables:
+                    self._side_table(c.view.kind, table)
         return {c.view.name: self._run(c) for c in compiled}
 
-    def _load(self, kind: Kind, files: Sequence[Path], columns: set[str]) -> None:
+    def _load(
+        self, kind: Kind, files: Sequence[Path], columns: set[str], computed: dict[str, str]
+    ) -> None:
         key = _file_key(files)
         loaded = self._loaded.get(kind)
-        if loaded is not None and loaded[0] == key and columns <= loaded[1]:
+        needed = columns | computed.keys()
+        if loaded is not None and loaded[0] == key and needed <= loaded[1]:
             return
         # Load what every standard view of this kind reads too, so that the next view
         # of a batch run, computed by its own ``compute`` call, finds the table ready.
         wanted = set(columns)
+        extra = dict(computed)
         for view in STANDARD_CATALOG.values():
             if view.kind == kind:
-                wanted |= self.compile(view).columns
+                standard = self.compile(view)
+                wanted |= standard.columns
+                extra.update(standard.computed)
         if loaded is not None and loaded[0] == key:
             wanted |= loaded[1]
+            extra.update(self._computed.get(kind, {}))
         schema = schema_for(kind)
         cols = [n for n in schema.names if n in wanted]
         select = ", ".join(
             f'CAST("{c}" AS TIMESTAMP) AS "{c}"' if schema.field(c).type == TS_TYPE else f'"{c}"'
             for c in cols
         )
+        if extra and select:
+            # Over the cast columns, so computed values match SQL over the events table.
+            outer = ", ".join(f"{sql} AS {_quote(n)}" for n, sql in sorted(extra.items()))
+            select = f"* , {outer} FROM (SELECT {select}"
         table = EVENTS.format(kind=kind)
         if files:
             source = "read_parquet($files, hive_partitioning = false)"
@@ -161,14 +194,18 @@ class DuckDBEngine:
         else:
             self._con.register("_no_events", schema.empty_table())
             source, params = "_no_events", {}
+        close = ")" if extra and cols else ""
         self._con.execute(
             f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT {select or '1 AS _none'} "
-            f"FROM {source}",
+            f"FROM {source}{close}",
             params,
         )
         if not files:
             self._con.unregister("_no_events")
-        self._loaded[kind] = (key, frozenset(cols))
+        if not cols:
+            extra = {}
+        self._computed[kind] = extra
+        self._loaded[kind] = (key, frozenset(cols) | extra.keys())
 
     def _side_table(self, kind: Kind, table: SideTable) -> None:
         key = self._loaded[kind][0]
@@ -186,7 +223,33 @@ class DuckDBEngine:
         else:
             assert table.sql is not None
             self._con.execute(f"CREATE OR REPLACE TEMP TABLE {table.name} AS {table.sql}")
+        if table.items:
+            self._items[table.name] = self._item_dictionary(table.name)
         self._tables[table.name] = key
+
+    def _item_dictionary(self, table: str) -> _ItemDictionary | None:
+        """The item dictionary of a side table; None if two items share a hash."""
+        clashes = self._con.execute(f"SELECT count(*) - count(DISTINCT h) FROM {table}").fetchall()
+        if clashes[0][0]:
+            return None
+        rows = self._con.sql(
+            f"SELECT h, item FROM {table} WHERE item IS NOT NULL ORDER BY item"
+        ).to_arrow_table()
+        hashes = np.asarray(rows.column("h").combine_chunks(), dtype=np.uint64)
+        items = rows.column("item").combine_chunks()
+        if len(items) > 1 and not pc.all(pc.less_equal(items[:-1], items[1:])).as_py():
+            # DuckDB's VARCHAR order is byte order, as Arrow's; sort again if it ever
+            # differs, since the sketches' bytes depend on Arrow's order.
+            order = pc.sort_indices(items)
+            hashes, items = hashes[np.asarray(order)], items.take(order)
+        # Different inputs may give the same item (agents differing only in blanks).
+        new = np.ones(len(items), dtype=bool)
+        if len(items) > 1:
+            new[1:] = np.asarray(pc.not_equal(items[1:], items[:-1]), dtype=bool)
+        ranks = np.cumsum(new) - 1
+        order = np.argsort(hashes, kind="stable")
+        values = items.filter(pa.array(new))
+        return _ItemDictionary(hashes[order], ranks[order], values, values.to_pylist())
 
     def _run(self, compiled: CompiledView) -> pa.Table:
         view = compiled.view
@@ -198,7 +261,11 @@ class DuckDBEngine:
         columns: list[pa.Array] = []
         for field in schema:
             col = result.column(field.name).combine_chunks()
-            if field.name in compiled.sketches:
+            if field.name in compiled.hashed:
+                found = self._items[compiled.hashed[field.name]]
+                assert found is not None  # compute_all recompiled the view otherwise
+                col = _hashed_sketch_column(col, found)
+            elif field.name in compiled.sketches:
                 col = _sketch_column(col)
             elif field.name in compiled.histograms:
                 col = _histograms(col)
@@ -212,6 +279,48 @@ def _sketch_column(lists: pa.Array) -> pa.Array:
     lengths = pc.list_value_length(lists).fill_null(0).to_numpy(zero_copy_only=False)
     group_ids = np.repeat(np.arange(rows, dtype=np.int64), lengths)
     return pa.array(_hll_sketches(group_ids, lists.flatten(), rows), pa.binary())
+
+
+@dataclass(frozen=True)
+class _ItemDictionary:
+    """Every distinct item of a load, sorted, and the hashes of inputs that derive them.
+
+    ``hashes`` is sorted and ``ranks[i]`` is the position in ``values`` (sorted,
+    distinct, non-null) of the item of ``hashes[i]``; a hash whose item is NULL is
+    absent, so its events count no item, as a NULL item would not.
+    """
+
+    hashes: np.ndarray[Any, Any]
+    ranks: np.ndarray[Any, Any]
+    values: pa.Array
+    # ``values`` as Python strings, converted once per load for every view's sketches.
+    strings: list[Any]
+
+
+def _hashed_sketch_column(lists: pa.Array, items: _ItemDictionary) -> pa.Array:
+    """Hashes of item inputs per row (a list array, NULL = none) to one sketch per row."""
+    from loglambda.core.sketches.hll import build_hll_grouped_ranked
+
+    rows = len(lists)
+    lengths = pc.list_value_length(lists).fill_null(0).to_numpy(zero_copy_only=False)
+    group_ids = np.repeat(np.arange(rows, dtype=np.int64), lengths)
+    flat = lists.flatten()
+    hashes = np.asarray(flat.fill_null(0), dtype=np.uint64)
+    at = np.searchsorted(items.hashes, hashes)
+    at[at == len(items.hashes)] = 0
+    known = np.asarray(flat.is_valid(), dtype=bool)
+    if len(items.hashes):
+        known &= items.hashes[at] == hashes
+    else:
+        known[:] = False
+    sketches = build_hll_grouped_ranked(
+        group_ids[known], items.ranks[at[known]], items.strings, rows
+    )
+    return pa.array(sketches, pa.binary())
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
 
 
 def _file_key(files: Sequence[Path]) -> _FileKey:

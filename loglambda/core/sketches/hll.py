@@ -50,6 +50,7 @@ __all__ = [
     "TGT_TYPE",
     "build_hll",
     "build_hll_grouped",
+    "build_hll_grouped_ranked",
     "hll_estimate",
     "hll_union",
     "register_hll_functions",
@@ -142,16 +143,48 @@ def build_hll_grouped(
         raise ValueError(f"group id {int(gids.max())} >= num_groups {num_groups}")
 
     values, codes, valid = _sorted_codes(arr)
+    return build_hll_grouped_ranked(gids[valid], codes[valid], values, num_groups)
+
+
+def build_hll_grouped_ranked(
+    group_ids: np.ndarray[Any, Any],
+    ranks: np.ndarray[Any, Any],
+    values: pa.Array | list[Any],
+    num_groups: int,
+) -> list[bytes]:
+    """``build_hll_grouped`` for items already given as ranks into ``values``.
+
+    ``values`` must be distinct and sorted (Arrow's byte order), and ``ranks[i]`` the
+    position of item ``i`` in it: then the sketches are byte-identical to
+    ``build_hll_grouped(group_ids, values.take(ranks))``. Why: an engine that keeps a
+    sorted dictionary of its items (the DuckDB engine's visitors) skips hashing and
+    sorting millions of strings per view; only integers are sorted here. ``values`` may
+    be the dictionary's ``to_pylist()``, kept by a caller that builds many columns:
+    picking the pairs' items from it is ~6x cheaper than converting them each time.
+    Its items must then be what ``to_pylist`` gives (str or int, never float).
+    """
+    gids = np.asarray(group_ids, dtype=np.int64)
+    codes = np.asarray(ranks, dtype=np.int64)
+    if gids.shape != codes.shape:
+        raise ValueError(f"group_ids has shape {gids.shape}, ranks {codes.shape}")
+    if len(codes) and (codes.min() < 0 or int(codes.max()) >= len(values)):
+        raise ValueError("ranks must index values")
+    if len(gids) and (gids.min() < 0 or int(gids.max()) >= num_groups):
+        raise ValueError(f"group ids must be in 0..{num_groups - 1}")
     width = max(len(values), 1)
     # Sort + adjacent-difference dedupe: np.unique was 15x slower on 1M int64 here.
-    pairs = np.sort(gids[valid] * width + codes[valid])
+    pairs = np.sort(gids * width + codes)
     if len(pairs):
         keep = np.empty(len(pairs), dtype=bool)
         keep[0] = True
         np.not_equal(pairs[1:], pairs[:-1], out=keep[1:])
         pairs = pairs[keep]
     bounds = np.searchsorted(pairs // width, np.arange(num_groups + 1)).tolist()
-    pair_values = values.take(pa.array(pairs % width)).to_pylist()
+    picks = pairs % width
+    if isinstance(values, list):
+        pair_values = list(map(values.__getitem__, picks.tolist()))
+    else:
+        pair_values = values.take(pa.array(picks)).to_pylist()
     return [_sketch_of(pair_values[bounds[g] : bounds[g + 1]]) for g in range(num_groups)]
 
 
