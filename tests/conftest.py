@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -43,3 +44,20 @@ def goaccess() -> str:
             pytest.fail("goaccess is not installed; CI must install it (see .ci/run)")
         pytest.skip("goaccess is not installed (apt-get install goaccess); CI runs this test")
     return found
+
+
+@pytest.fixture(scope="session")
+def spark() -> Any:
+    """One local Spark session per test run (a JVM start costs ~10 s), set up the way
+    every loglambda Spark job is: UTC session time, microsecond Parquet timestamps."""
+    pyspark_sql = pytest.importorskip("pyspark.sql")
+    session = (
+        pyspark_sql.SparkSession.builder.master("local[1]")
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
+        .config("spark.ui.enabled", "false")
+        .config("spark.sql.shuffle.partitions", "1")
+        .getOrCreate()
+    )
+    session.sparkContext.setLogLevel("ERROR")
+    return session

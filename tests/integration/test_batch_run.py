@@ -16,17 +16,12 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
+from loglambda.batch import engine_duckdb
 from loglambda.batch.versions import VersionStore, open_view
+from loglambda.core import catalog
 from loglambda.core.cli import main
 
 pytestmark = pytest.mark.integration
-
-engine_duckdb = pytest.importorskip(
-    "loglambda.batch.engine_duckdb", reason="the DuckDB batch engine is not written yet"
-)
-catalog = pytest.importorskip(
-    "loglambda.core.catalog", reason="the view catalog is not written yet"
-)
 
 PUBLISHED = re.compile(
     r"^published version (\d+): horizon master_seq=(\d+), (\d+) views, ([\d,]+) rows in [\d.]+ s$",

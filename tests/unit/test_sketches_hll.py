@@ -233,22 +233,6 @@ def test_duckdb_functions_handle_nulls(con: duckdb.DuckDBPyConnection) -> None:
 SPARK_PANDAS_WARNING = pytest.mark.filterwarnings("ignore:PySpark does not yet:FutureWarning")
 
 
-@pytest.fixture(scope="module")
-def spark() -> Any:
-    pyspark_sql = pytest.importorskip("pyspark.sql")
-    # getOrCreate reuses a session another module started: one JVM start per run. The JVM
-    # exits with the test process.
-    session = (
-        pyspark_sql.SparkSession.builder.master("local[1]")
-        .config("spark.sql.session.timeZone", "UTC")
-        .config("spark.ui.enabled", "false")
-        .config("spark.sql.shuffle.partitions", "1")
-        .getOrCreate()
-    )
-    session.sparkContext.setLogLevel("ERROR")
-    return session
-
-
 def _spark_sketch(spark: Any, column: pa.Array, partitions: int = 1) -> bytes:
     df = spark.createDataFrame(pa.table({"x": column}))
     if partitions > 1:

@@ -333,21 +333,6 @@ def test_arrow_round_trip() -> None:
     assert histograms_from_arrow(column) == hists
 
 
-@pytest.fixture(scope="module")
-def spark() -> Any:
-    pyspark_sql = pytest.importorskip("pyspark.sql")
-    # getOrCreate reuses a session another module started: one JVM start per run.
-    session = (
-        pyspark_sql.SparkSession.builder.master("local[1]")
-        .config("spark.sql.session.timeZone", "UTC")
-        .config("spark.ui.enabled", "false")
-        .config("spark.sql.shuffle.partitions", "1")
-        .getOrCreate()
-    )
-    session.sparkContext.setLogLevel("ERROR")
-    return session
-
-
 SPARK_PANDAS_WARNING = pytest.mark.filterwarnings("ignore:PySpark does not yet:FutureWarning")
 
 
