@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from parser_helpers import parse_lines, parse_one, parse_rejected
 
 from loglambda.core.lines import split_block
 from loglambda.core.parsers.base import Parsed, Reject
@@ -56,25 +57,15 @@ ECS = (
 
 
 def parse(*lines: str) -> Parsed:
-    data = "".join(line + "\n" for line in lines).encode()
-    block = split_block(data, source="app.log", base_offset=0, base_line=1)
-    parsed = JSON_LOGS.parse(block)
-    assert block.read == len(parsed.events) + len(parsed.rejects)
-    return parsed
+    return parse_lines(JSON_LOGS, *lines, source="app.log")
 
 
 def one(line: str) -> dict[str, Any]:
-    parsed = parse(line)
-    assert len(parsed.rejects) == 0, parsed.rejects.to_table("json").to_pylist()
-    rows: list[dict[str, Any]] = parsed.events.to_pylist()
-    return rows[0]
+    return parse_one(JSON_LOGS, line)
 
 
 def rejected(line: str) -> tuple[str, str]:
-    parsed = parse(line)
-    assert len(parsed.events) == 0
-    row = parsed.rejects.to_table("json").to_pylist()[0]
-    return row["reason"], row["detail"]
+    return parse_rejected(JSON_LOGS, line)
 
 
 def test_identity() -> None:

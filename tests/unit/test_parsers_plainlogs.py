@@ -10,6 +10,7 @@ import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from parser_helpers import parse_lines, parse_one
 
 from loglambda.core.lines import split_block
 from loglambda.core.parsers.base import Parsed, Parser
@@ -61,19 +62,11 @@ TRACEBACK = [
 
 
 def parse(parser: Parser, *lines: str) -> Parsed:
-    data = "".join(line + "\n" for line in lines).encode()
-    block = split_block(data, source="t", base_offset=0, base_line=1)
-    parsed = parser.parse(block)
-    assert block.read == len(parsed.events) + len(parsed.rejects)
-    assert parsed.events.schema == LOGS_SCHEMA
-    return parsed
+    return parse_lines(parser, *lines)
 
 
 def one(parser: Parser, line: str) -> dict[str, Any]:
-    parsed = parse(parser, line)
-    assert len(parsed.rejects) == 0, parsed.rejects.to_table(parser.name).to_pylist()
-    rows: list[dict[str, Any]] = parsed.events.to_pylist()
-    return rows[0]
+    return parse_one(parser, line)
 
 
 def rejects(parser: Parser, *lines: str) -> list[tuple[int, str, str]]:
