@@ -32,6 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from loglambda.core.durable import fsync_tree, write_atomic
 from loglambda.core.quarantine import RejectBuilder
 from loglambda.core.schemas import KINDS, QUARANTINE_SCHEMA, Kind, schema_for
 
@@ -254,7 +255,7 @@ class StagedBatch:
             qpath.parent.mkdir(parents=True, exist_ok=True)
             pq.write_table(pa.concat_tables(self._rejects).cast(QUARANTINE_SCHEMA), qpath)
         # Step 2: make the staged bytes durable before anything points at them.
-        _fsync_tree(self.dir)
+        fsync_tree(self.dir)
         files = tuple(
             DataFile(p.rel, _kind_of(p.rel), p.rows, p.min_ts, p.max_ts) for p in self._done
         )
@@ -324,23 +325,19 @@ def _kind_of(rel: str) -> Kind:
 
 
 def _link_entry(master: MasterDataset, make: Any) -> ManifestEntry:
-    master.manifest_dir.mkdir(parents=True, exist_ok=True)
     while True:
-        existing = sorted(p for p in os.listdir(master.manifest_dir) if p.endswith(".json"))
+        existing = (
+            sorted(p for p in os.listdir(master.manifest_dir) if p.endswith(".json"))
+            if master.manifest_dir.is_dir()
+            else []
+        )
         seq = int(existing[-1].split(".")[0]) + 1 if existing else 1
         entry: ManifestEntry = make(seq)
-        tmp = master.manifest_dir / f".tmp-{os.getpid()}-{seq}"
-        with open(tmp, "w") as fh:
-            json.dump(entry.to_json(), fh, indent=1)
-            fh.flush()
-            os.fsync(fh.fileno())
+        data = json.dumps(entry.to_json(), indent=1).encode()
         try:
-            os.link(tmp, master.manifest_dir / f"{seq:010d}.json")
+            write_atomic(master.manifest_dir / f"{seq:010d}.json", data, overwrite=False)
         except FileExistsError:
             continue  # another writer took this number; take the next
-        finally:
-            tmp.unlink()
-        _fsync_dir(master.manifest_dir)
         return entry
 
 
@@ -353,21 +350,3 @@ def _publish_files(staged: Path, master_root: Path, home: Path) -> None:
             dst = (dst_root / rel) if dst_root else (home / "quarantine" / rel)
             dst.parent.mkdir(parents=True, exist_ok=True)
             os.replace(src, dst)
-
-
-def _fsync_tree(root: Path) -> None:
-    for path in root.rglob("*"):
-        if path.is_file():
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -38,6 +38,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from loglambda.batch.master import PARQUET_OPTIONS
+from loglambda.core.durable import fsync_path, fsync_tree, write_atomic
 
 PART_NAME: Final = "part-0.parquet"
 _VIEW_NAME = re.compile(r"^[a-z0-9][a-z0-9_]*$")
@@ -231,7 +232,7 @@ class VersionStore:
         with self.lock():
             n = pending.number
             # Step 1: every byte of the new version is durable before anything moves.
-            _fsync_tree(pending.tmp)
+            fsync_tree(pending.tmp)
             # Step 2: move each computed view to views/<view>/v=<n>. Not yet visible:
             # no record names it, and a crash here leaves orphans cleanup_tmp removes.
             for name, view in pending.views.items():
@@ -240,8 +241,8 @@ class VersionStore:
                 dest = self.root / name / f"v={n}"
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 os.rename(pending.tmp / name, dest)
-                _fsync(dest.parent)
-            _fsync(self.root)
+                fsync_path(dest.parent)
+            fsync_path(self.root)
             record = VersionRecord(
                 version=n,
                 horizon=horizon,
@@ -296,7 +297,7 @@ class VersionStore:
             for n in doomed:
                 (self.records_dir / f"{n}.json").unlink()
             if doomed:
-                _fsync(self.records_dir)
+                fsync_path(self.records_dir)
             # Step 2: delete the files no remaining record references.
             self._remove_unreferenced()
             return doomed
@@ -366,34 +367,8 @@ def open_view(home: Path, name: str) -> list[Path]:
 
 
 def _write_atomic(path: Path, record: VersionRecord, *, overwrite: bool) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
-    with open(tmp, "w") as fh:
-        json.dump(record.to_json(), fh, indent=1)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    if overwrite:
-        os.replace(tmp, path)
-    else:
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            raise VersionError(f"{path} already exists; version numbers are never reused") from None
-        finally:
-            tmp.unlink(missing_ok=True)
-    _fsync(path.parent)
-
-
-def _fsync_tree(root: Path) -> None:
-    """Files and directories, deepest first, then the root."""
-    for path in [*sorted(root.rglob("*"), reverse=True), root]:
-        _fsync(path)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+    data = (json.dumps(record.to_json(), indent=1) + "\n").encode()
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        write_atomic(path, data, overwrite=overwrite)
+    except FileExistsError:
+        raise VersionError(f"{path} already exists; version numbers are never reused") from None

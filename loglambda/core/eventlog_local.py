@@ -41,6 +41,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.json as pa_json
 
+from loglambda.core.durable import fsync_path, write_atomic
 from loglambda.core.eventlog import LogSlice, OffsetOutOfRange, OffsetRange, partition_kind
 from loglambda.core.schemas import KINDS, Kind, schema_for
 
@@ -199,7 +200,7 @@ class LocalEventLog:
         directory = self._dir(kind)
         (directory / f"{base:020d}.ndjson").touch()
         if self.fsync != "never":
-            _fsync_dir(directory)
+            fsync_path(directory)
 
     # -- consumers ---------------------------------------------------------------
 
@@ -219,14 +220,11 @@ class LocalEventLog:
             positions[partition] = offset
             # Step 2: write a temp file and fsync it; Step 3: atomically replace the
             # old file; Step 4: fsync the directory so the rename itself is durable.
-            path = self.consumer_dir / f"{consumer}.json"
-            tmp = self.consumer_dir / f".{consumer}.{os.getpid()}.tmp"
-            with open(tmp, "wb") as fh:
-                fh.write(orjson.dumps(positions, option=orjson.OPT_SORT_KEYS))
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-            _fsync_dir(self.consumer_dir)
+            write_atomic(
+                self.consumer_dir / f"{consumer}.json",
+                orjson.dumps(positions, option=orjson.OPT_SORT_KEYS),
+                overwrite=True,
+            )
 
     def consumers(self) -> dict[str, dict[str, int]]:
         names = sorted(p.stem for p in self.consumer_dir.glob("*.json"))
@@ -258,7 +256,7 @@ class LocalEventLog:
                     (directory / f"{base:020d}.idx").unlink(missing_ok=True)
                     removed += 1
                 if removed:
-                    _fsync_dir(directory)
+                    fsync_path(directory)
         return removed
 
     def _positions(self, consumer: str) -> dict[str, int]:
@@ -350,11 +348,3 @@ def _parse(kind: Kind, data: bytes, newlines: npt.NDArray[np.intp]) -> pa.Table:
     ).select(schema.names)
     columns = [table.column("ts").cast(schema.field("ts").type), *table.columns[1:]]
     return pa.Table.from_arrays(columns, schema=schema)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
