@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -21,7 +23,46 @@ HOME_OPTION = click.option(
 )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+# Commands that live beside the layer they drive, imported only when invoked (so
+# `loglambda import` never pays for Beam or FastAPI). name -> "module:attribute".
+LAZY_COMMANDS: dict[str, str] = {
+    "tail": "loglambda.ingest.cli:tail_cmd",
+    "serve": "loglambda.serving.cli:serve_cmd",
+    "master": "loglambda.batch.cli:master_cmd",
+    "status": "loglambda.core.status:status_cmd",
+    "speed": "loglambda.speed.cli:speed_cmd",
+}
+
+
+class _LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *self._available()])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in LAZY_COMMANDS and cmd_name not in self.commands:
+            module, attr = LAZY_COMMANDS[cmd_name].split(":")
+            command: click.Command = getattr(importlib.import_module(module), attr)
+            return command
+        return super().get_command(ctx, cmd_name)
+
+    @staticmethod
+    def _available() -> list[str]:
+        # A command whose module is not written yet is not offered.
+        available = []
+        for name, target in LAZY_COMMANDS.items():
+            try:
+                found = importlib.util.find_spec(target.split(":")[0]) is not None
+            except ModuleNotFoundError:  # its package does not exist yet
+                found = False
+            if found:
+                available.append(name)
+        return available
+
+
+@click.group(
+    cls=_LazyGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "show_default": True},
+)
 def main() -> None:
     """loglambda: web traffic and log analytics, batch + speed + serving."""
 

@@ -35,11 +35,14 @@ duplicating.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import pyarrow as pa
 
 from loglambda.core.schemas import KINDS, Kind
+
+if TYPE_CHECKING:
+    from loglambda.core.config import Settings
 
 
 class OffsetOutOfRange(LookupError):
@@ -88,10 +91,14 @@ class LogSlice:
 class EventLog(Protocol):
     """What every event-log backend provides (local segments, Kafka)."""
 
-    def append(self, kind: Kind, events: pa.Table) -> OffsetRange:
+    def append(self, kind: Kind, events: pa.Table) -> tuple[OffsetRange, ...]:
         """Durably append ``events`` (in the kind's schema) in order; return the
-        contiguous offsets they were given. Returning is the acknowledgement: an
-        acknowledged append is never lost, and a failed one is never half-visible."""
+        offsets they were given, in order, as ranges (``()`` for no events).
+
+        The local backend gives one contiguous range. Kafka may give several: a batch
+        can span partitions, and another producer's records can land between two of
+        its produce requests. Returning is the acknowledgement: an acknowledged
+        append is never lost, and a failed one is never half-visible."""
         ...
 
     def read(self, kind: Kind, partition: str, start: int, max_records: int) -> LogSlice:
@@ -131,3 +138,18 @@ def partition_kind(partition: str) -> Kind:
     if not sep or not number.isdigit() or kind not in KINDS:
         raise ValueError(f"invalid partition name {partition!r}; expected '<kind>/<n>'")
     return kind  # type: ignore[return-value]
+
+
+def open_event_log(settings: Settings) -> EventLog:
+    """The event log the settings name: local segments (default) or Kafka."""
+    if settings.log_backend == "local":
+        from loglambda.core.eventlog_local import LocalEventLog
+
+        local: EventLog = LocalEventLog(settings.home, fsync=settings.fsync)
+        return local
+    if settings.log_backend == "kafka":
+        from loglambda.core.eventlog_kafka import KafkaEventLog
+
+        kafka: EventLog = KafkaEventLog.from_settings(settings)
+        return kafka
+    raise ValueError(f"unknown event log backend {settings.log_backend!r}")

@@ -33,7 +33,7 @@ import re
 import struct
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Final, Literal
+from typing import Final
 
 import numpy as np
 import numpy.typing as npt
@@ -41,11 +41,11 @@ import orjson
 import pyarrow as pa
 import pyarrow.json as pa_json
 
+from loglambda.core.config import FsyncPolicy
 from loglambda.core.durable import fsync_path, write_atomic
 from loglambda.core.eventlog import LogSlice, OffsetOutOfRange, OffsetRange, partition_kind
 from loglambda.core.schemas import KINDS, Kind, schema_for
 
-FsyncPolicy = Literal["always", "batch", "never"]
 ENTRY: Final = struct.Struct("<QQ")
 SEGMENT_BYTES: Final = 64 * 1024 * 1024
 _CONSUMER_NAME: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -132,7 +132,7 @@ class LocalEventLog:
 
     # -- appending ---------------------------------------------------------------
 
-    def append(self, kind: Kind, events: pa.Table) -> OffsetRange:
+    def append(self, kind: Kind, events: pa.Table) -> tuple[OffsetRange, ...]:
         partition = f"{kind}/0"
         # Step 1: validate and serialise outside the lock: the CPU work must not
         # serialise the other appenders.
@@ -143,7 +143,7 @@ class LocalEventLog:
             # an appender that died mid-append left (torn line, index past data).
             base, start, size = self._recover(kind)
             if count == 0:
-                return OffsetRange(partition, start, start)
+                return ()
             # Step 3: roll when this batch would overflow a non-empty segment.
             if size > 0 and size + len(payload) > self.segment_bytes:
                 base, size = start, 0
@@ -174,7 +174,7 @@ class LocalEventLog:
             finally:
                 os.close(ifd)
             # Step 8: the lock is released on leaving the block; returning acknowledges.
-            return OffsetRange(partition, start, end)
+            return (OffsetRange(partition, start, end),)
 
     def _recover(self, kind: Kind) -> tuple[int, int, int]:
         """Repair the last segment (caller holds the lock); return its base, the end

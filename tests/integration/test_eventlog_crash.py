@@ -65,7 +65,7 @@ while True:
         }
     )
     events = events.cast(TRAFFIC_SCHEMA)
-    r = log.append("traffic", events)
+    (r,) = log.append("traffic", events)
     print(r.start, r.end, batch, n, flush=True)
     batch += 1
 """

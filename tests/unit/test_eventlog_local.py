@@ -75,8 +75,8 @@ def test_round_trip_preserves_every_value_and_type(tmp_path: Path) -> None:
     log = LocalEventLog(tmp_path)
     assert isinstance(log, EventLog)
     t, lg = traffic(40), logs(7)
-    assert log.append("traffic", t) == OffsetRange("traffic/0", 0, 40)
-    assert log.append("logs", lg) == OffsetRange("logs/0", 0, 7)
+    assert log.append("traffic", t) == (OffsetRange("traffic/0", 0, 40),)
+    assert log.append("logs", lg) == (OffsetRange("logs/0", 0, 7),)
     got = log.read("traffic", "traffic/0", 0, 1000)
     assert got.events.schema == TRAFFIC_SCHEMA
     assert got.events.equals(t)
@@ -87,8 +87,8 @@ def test_round_trip_preserves_every_value_and_type(tmp_path: Path) -> None:
 
 def test_offsets_contiguous_across_appends_and_segment_roll(tmp_path: Path) -> None:
     log = LocalEventLog(tmp_path, segment_bytes=2000)
-    ranges = [log.append("traffic", traffic(n, first=k * 10)) for k, n in enumerate([1, 3, 7, 2])]
-    ranges += [log.append("traffic", traffic(5, first=100 + k)) for k in range(10)]
+    ranges = [log.append("traffic", traffic(n, first=k * 10))[0] for k, n in enumerate([1, 3, 7, 2])]
+    ranges += [log.append("traffic", traffic(5, first=100 + k))[0] for k in range(10)]
     assert ranges[0].start == 0
     for a, b in itertools.pairwise(ranges):
         assert a.end == b.start
@@ -123,7 +123,7 @@ def test_read_middle_of_batch_and_max_records(tmp_path: Path) -> None:
 
 def test_append_validates_input(tmp_path: Path) -> None:
     log = LocalEventLog(tmp_path)
-    assert log.append("traffic", TRAFFIC_SCHEMA.empty_table()) == OffsetRange("traffic/0", 0, 0)
+    assert log.append("traffic", TRAFFIC_SCHEMA.empty_table()) == ()
     with pytest.raises(ValueError, match="columns"):
         log.append("traffic", logs(1))
     bad = traffic(2).set_column(2, "client_ip", pa.array([None, "x"], pa.string()))
@@ -177,7 +177,7 @@ def test_delete_consumed_keeps_unconsumed_segments(tmp_path: Path) -> None:
     log.commit("speed", "traffic/0", 36)
     log.delete_consumed()
     assert log._bases("traffic") == bases[-1:]
-    assert log.append("traffic", traffic(1)).start == 36
+    assert log.append("traffic", traffic(1))[0].start == 36
 
 
 def test_torn_write_is_cut_away(tmp_path: Path) -> None:
@@ -194,7 +194,7 @@ def test_torn_write_is_cut_away(tmp_path: Path) -> None:
     assert reader.end == 5 and reader.events.equals(traffic(5))
     reopened = LocalEventLog(tmp_path)
     assert reopened.end_offset("traffic", "traffic/0") == 5
-    assert reopened.append("traffic", traffic(2, first=5)) == OffsetRange("traffic/0", 5, 7)
+    assert reopened.append("traffic", traffic(2, first=5)) == (OffsetRange("traffic/0", 5, 7),)
     assert reopened.read("traffic", "traffic/0", 0, 100).events.equals(traffic(7))
 
 
@@ -208,7 +208,7 @@ def test_index_entry_past_data_is_dropped(tmp_path: Path) -> None:
     with open(segment, "r+b") as fh:
         fh.truncate(int.from_bytes(first_size, "little") + 10)
     assert log.end_offset("traffic", "traffic/0") == 3
-    assert log.append("traffic", traffic(1, first=3)) == OffsetRange("traffic/0", 3, 4)
+    assert log.append("traffic", traffic(1, first=3)) == (OffsetRange("traffic/0", 3, 4),)
     assert log.read("traffic", "traffic/0", 0, 100).events.equals(traffic(4))
 
 
@@ -217,7 +217,7 @@ def _appender(home: str, name: str, batches: int, out: Any, start: Any) -> None:
     got = []
     start.wait(timeout=60)  # both appenders race from the same instant
     for k in range(batches):
-        r = log.append("traffic", traffic(1 + k % 4, source=name, first=k * 10))
+        (r,) = log.append("traffic", traffic(1 + k % 4, source=name, first=k * 10))
         got.append((r.start, r.end))
     out.put((name, got))
 
