@@ -87,7 +87,9 @@ def test_round_trip_preserves_every_value_and_type(tmp_path: Path) -> None:
 
 def test_offsets_contiguous_across_appends_and_segment_roll(tmp_path: Path) -> None:
     log = LocalEventLog(tmp_path, segment_bytes=2000)
-    ranges = [log.append("traffic", traffic(n, first=k * 10))[0] for k, n in enumerate([1, 3, 7, 2])]
+    ranges = [
+        log.append("traffic", traffic(n, first=k * 10))[0] for k, n in enumerate([1, 3, 7, 2])
+    ]
     ranges += [log.append("traffic", traffic(5, first=100 + k))[0] for k in range(10)]
     assert ranges[0].start == 0
     for a, b in itertools.pairwise(ranges):

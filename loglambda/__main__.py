@@ -1,0 +1,5 @@
+"""``python -m loglambda`` is the ``loglambda`` command."""
+
+from loglambda.core.cli import main
+
+main()

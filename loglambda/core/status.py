@@ -1,0 +1,159 @@
+"""``loglambda status``: where every consumer stands, how far behind, how fast.
+
+One snapshot gathered from disk (or the Kafka broker): per event-log partition its
+end offset, each consumer's committed position and lag, the batch horizon and how
+many events lie above it (what the speed layer must cover), the master dataset's
+size, and the running processes with their rates from their heartbeat files. The
+same dictionary feeds ``--json`` and, later, the HTTP ``/metrics`` endpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from loglambda.core.config import Settings
+from loglambda.core.schemas import KINDS
+
+
+def collect_status(settings: Settings) -> dict[str, Any]:
+    """Everything ``status`` shows, as plain JSON-able data."""
+    from loglambda.batch.master import MasterDataset
+    from loglambda.batch.versions import VersionStore
+    from loglambda.core.eventlog import open_event_log
+    from loglambda.core.metrics import read_stats
+
+    log = open_event_log(settings)
+    consumers = log.consumers()
+    current = VersionStore(settings.home).current()
+    horizon = current.horizon.offsets if current else {}
+    partitions: list[dict[str, Any]] = []
+    for kind in KINDS:
+        for partition in log.partitions(kind):
+            end = log.end_offset(kind, partition)
+            h = horizon.get(partition, 0)
+            partitions.append(
+                {
+                    "partition": partition,
+                    "end_offset": end,
+                    "batch_horizon": h,
+                    "above_horizon": end - h,
+                    "consumers": {
+                        name: {
+                            "committed": pos.get(partition, 0),
+                            "lag": end - pos.get(partition, 0),
+                        }
+                        for name, pos in sorted(consumers.items())
+                    },
+                }
+            )
+    snapshot = MasterDataset(settings.home).snapshot()
+    now = time.time()
+    processes = [
+        {
+            "name": p.name,
+            "alive": p.alive,
+            "state": p.state,
+            "pid": p.doc.get("pid"),
+            "age_s": round(now - float(p.doc.get("updated_at", now)), 1),
+            "rates_per_s": p.doc.get("rates_per_s", {}),
+            "counters": p.doc.get("counters", {}),
+        }
+        for p in read_stats(settings.home)
+    ]
+    return {
+        "home": str(settings.home),
+        "log_backend": settings.log_backend,
+        "partitions": partitions,
+        "master": {
+            "seq": snapshot.seq,
+            "batches": len(snapshot.entries),
+            "rows": {k: snapshot.rows(k) for k in KINDS},
+        },
+        "batch": {
+            "version": current.version if current else None,
+            "horizon": horizon,
+            "master_seq": current.horizon.master_seq if current else None,
+        },
+        "processes": processes,
+    }
+
+
+def render(status: dict[str, Any]) -> str:
+    """The text form of ``collect_status``."""
+    out = [f"home {status['home']} (event log: {status['log_backend']})", ""]
+    out.append(f"{'partition':<12} {'end offset':>12}  consumer      position        lag")
+    for p in status["partitions"]:
+        out.append(f"{p['partition']:<12} {p['end_offset']:>12,}")
+        for name, c in p["consumers"].items():
+            out.append(f"{'':<12} {'':>12}  {name:<12} {c['committed']:>9,} {c['lag']:>10,}")
+        out.append(
+            f"{'':<12} {'':>12}  {'batch':<12} {p['batch_horizon']:>9,} "
+            f"{p['above_horizon']:>10,}  (horizon; the speed layer covers what is above)"
+        )
+    m, b = status["master"], status["batch"]
+    rows = ", ".join(f"{k} {v:,}" for k, v in m["rows"].items())
+    out += ["", f"master dataset: seq {m['seq']}, {m['batches']} batches, rows: {rows}"]
+    if b["version"] is None:
+        out.append("batch views: none published (`loglambda batch run`)")
+    else:
+        behind = m["seq"] - b["master_seq"]
+        out.append(
+            f"batch views: version {b['version']} at master seq {b['master_seq']}"
+            + (f" ({behind} batch(es) behind the master)" if behind else " (up to date)")
+        )
+    if status["processes"]:
+        out += ["", "processes:"]
+        for p in status["processes"]:
+            if p["alive"]:
+                rates = ", ".join(f"{k} {v:,.0f}/s" for k, v in sorted(p["rates_per_s"].items()))
+            else:  # a rate of a process that is gone would be a lie; show totals
+                rates = ", ".join(f"{k} {v:,} in all" for k, v in sorted(p["counters"].items()))
+            out.append(
+                f"  {p['name']:<14} {p['state']:<8} pid {p['pid']}  "
+                f"updated {p['age_s']:.0f} s ago  {rates}"
+            )
+    return "\n".join(out)
+
+
+@click.command("status")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    envvar="LOGLAMBDA_JSON",
+    show_envvar=True,
+    help="Print one JSON object instead of text.",
+)
+@click.option(
+    "--watch",
+    type=click.FloatRange(min=0.2),
+    default=None,
+    envvar="LOGLAMBDA_STATUS_WATCH",
+    show_envvar=True,
+    help="Refresh every N seconds until Ctrl-C.",
+)
+@click.option(
+    "--home", envvar="LOGLAMBDA_HOME", show_envvar=True, default=None,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Data directory (default ./loglambda-data).",
+)  # fmt: skip
+def status_cmd(as_json: bool, watch: float | None, home: Path | None) -> None:
+    """Consumer positions and lag per partition, batch horizon, master size, and the
+    running processes' events/s."""
+    settings = Settings.load(home)
+    while True:
+        status = collect_status(settings)
+        if as_json:
+            click.echo(json.dumps(status))
+        else:
+            if watch:
+                click.clear()
+            click.echo(render(status))
+        if not watch:
+            return
+        time.sleep(watch)  # a refresh interval, not synchronisation

@@ -1,0 +1,60 @@
+"""A user's journey: events in the log, ``loglambda master --once``, ``loglambda status``.
+
+Why: ``status`` is how an operator finds out whether consumers keep up; its numbers
+must be the log's and the master's, and the master command must reconcile.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from loglambda.core.cli import main
+from loglambda.core.eventlog_local import LocalEventLog
+from tests.event_factory import log_events, traffic_events
+
+pytestmark = pytest.mark.e2e
+
+
+def test_master_once_then_status_reports_positions_lag_and_horizon(home: Path) -> None:
+    log = LocalEventLog(home)
+    log.append("traffic", traffic_events(1000))
+    log.append("logs", log_events(40))
+    runner = CliRunner()
+    before = json.loads(runner.invoke(main, ["status", "--json"]).output)
+    traffic = before["partitions"][0]
+    assert traffic["partition"] == "traffic/0" and traffic["end_offset"] == 1000
+    assert traffic["consumers"] == {}  # nobody has consumed yet
+
+    done = runner.invoke(main, ["master", "--once", "--max-events", "400"])
+    assert done.exit_code == 0, done.output
+    assert "wrote 1,040 events to the master dataset" in done.output
+
+    log.append("traffic", traffic_events(5, first=1000))
+    assert runner.invoke(main, ["batch", "run"]).exit_code == 0
+    status = json.loads(runner.invoke(main, ["status", "--json"]).output)
+    traffic, logs = status["partitions"]
+    assert traffic["consumers"]["master"] == {"committed": 1000, "lag": 5}
+    assert traffic["batch_horizon"] == 1000 and traffic["above_horizon"] == 5
+    assert logs["consumers"]["master"] == {"committed": 40, "lag": 0}
+    assert status["master"]["rows"] == {"traffic": 1000, "logs": 40}
+    assert status["batch"]["version"] == 1
+    [proc] = status["processes"]
+    assert proc["name"] == "master" and proc["state"] == "stopped"
+    assert proc["counters"]["events"] == 1040
+
+    text = runner.invoke(main, ["status"]).output
+    assert "traffic/0" in text and "master" in text and "version 1" in text
+
+
+def test_second_master_writer_is_refused_with_a_clear_error(home: Path) -> None:
+    from loglambda.batch.master_writer import MasterWriter
+
+    log = LocalEventLog(home)
+    with MasterWriter(home, log).session():
+        result = CliRunner().invoke(main, ["master", "--once"])
+    assert result.exit_code != 0
+    assert "another master writer is running" in result.output
