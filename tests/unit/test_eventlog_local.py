@@ -252,3 +252,15 @@ def test_two_processes_append_concurrently(tmp_path: Path) -> None:
             assert events.slice(start, end - start).equals(
                 traffic(1 + k % 4, source=name, first=k * 10)
             )
+
+
+def test_non_finite_floats_are_stored_as_null(tmp_path: Path) -> None:
+    # JSON has no NaN or infinity; an event carrying one keeps every other value.
+    log = LocalEventLog(tmp_path)
+    t = traffic(4)
+    latency = pa.array([float("nan"), float("inf"), -float("inf"), 1.5], pa.float64())
+    t = t.set_column(t.schema.get_field_index("latency_ms"), "latency_ms", latency)
+    log.append("traffic", t)
+    back = log.read("traffic", "traffic/0", 0, 4).events
+    assert back.column("latency_ms").to_pylist() == [None, None, None, 1.5]
+    assert back.drop_columns(["latency_ms"]).equals(t.drop_columns(["latency_ms"]))
