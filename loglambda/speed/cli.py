@@ -1,0 +1,134 @@
+"""``loglambda speed``: run the local speed driver (Beam on one reused FnApiRunner)."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import click
+import pyarrow as pa
+
+from loglambda.core.config import Settings
+from loglambda.core.eventlog import open_event_log
+from loglambda.core.metrics import ProcessStats
+from loglambda.core.schemas import Kind
+from loglambda.speed.driver import DEFAULT_MAX_EVENTS, DriverBusy, PartialEngine, SliceDone
+
+
+class DuckDBSliceEngine:
+    """Partials computed by the batch engine directly, without Beam: the floor the
+    speed benchmark compares Beam against, and a fallback where Beam is unwanted."""
+
+    def __init__(self) -> None:
+        from loglambda.batch.engine_duckdb import DuckDBEngine
+        from loglambda.core.catalog import STANDARD_CATALOG
+
+        self.engine = DuckDBEngine(threads=1)
+        self.views = STANDARD_CATALOG
+
+    def compute(self, kind: Kind, events: pa.Table) -> dict[str, pa.Table]:
+        views = [v for v in self.views.values() if v.kind == kind]
+        return self.engine.compute_arrow(views, {kind: events})
+
+
+def make_engine(name: str) -> PartialEngine:
+    """The partial engine called ``name`` (Beam is imported only when chosen)."""
+    if name == "beam":
+        from loglambda.core.catalog import STANDARD_CATALOG
+        from loglambda.speed.transform import BeamSliceEngine
+
+        beam_engine: PartialEngine = BeamSliceEngine(STANDARD_CATALOG)
+        return beam_engine
+    if name == "duckdb":
+        return DuckDBSliceEngine()
+    raise click.BadParameter(f"unknown speed engine {name!r}; use beam or duckdb")
+
+
+def _opt(name: str, env: str, **kw: Any) -> Callable[[Any], Any]:
+    """A flag backed by the env var ``LOGLAMBDA_<env>``."""
+    return click.option(name, envvar=f"LOGLAMBDA_{env}", show_envvar=True, **kw)
+
+
+@click.command("speed")
+@_opt("--once", "SPEED_ONCE", is_flag=True, help="Process what is appended now, then exit.")
+@_opt("--engine", "SPEED_ENGINE", type=click.Choice(["beam", "duckdb"]), default="beam")
+@_opt(
+    "--max-events",
+    "SPEED_MAX_EVENTS",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAX_EVENTS,
+    help="Largest slice (slices are whatever arrived since the last one, up to this).",
+)
+@_opt("--poll", "SPEED_POLL", type=click.FloatRange(min=0.005), default=0.05, help="Seconds.")
+@click.option(
+    "--home",
+    envvar="LOGLAMBDA_HOME",
+    show_envvar=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Data directory (default ./loglambda-data).",
+)
+def speed_cmd(once: bool, engine: str, max_events: int, poll: float, home: Path | None) -> None:
+    """Keep the views' realtime partials for events the batch has not covered yet.
+
+    Each slice of the event log becomes partial views tagged with its offset range,
+    committed together with the new position; when a batch version is published the
+    partials below its horizon expire (a straddling slice is re-cut). Serving merges
+    batch and partials. Stop with Ctrl-C or SIGTERM.
+    """
+    from loglambda.speed.driver import SpeedDriver
+
+    settings = Settings.load(home)
+    log = open_event_log(settings)
+    driver = SpeedDriver(settings.home, log, make_engine(engine), max_events=max_events)
+    stats = ProcessStats(settings.home, "speed")
+    recent: deque[float] = deque(maxlen=200)
+    stopping: list[int] = []
+
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        stopping.append(signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+
+    def on_slice(done: SliceDone) -> None:
+        recent.append(done.seconds)
+        stats.add("events", done.events)
+        stats.add("slices")
+        ordered = sorted(recent)
+        stats.set("slice_ms_p50", round(1000 * ordered[len(ordered) // 2], 1))
+        stats.set("slice_ms_p99", round(1000 * ordered[int(0.99 * (len(ordered) - 1))], 1))
+        stats.set("lag", {done.partition: done.lag})
+        stats.set("positions", driver.state.positions)
+        stats.flush()
+        if once:
+            click.echo(
+                f"{done.partition} [{done.start:,}, {done.end:,}): {done.events:,} events "
+                f"in {done.seconds * 1000:.0f} ms",
+                err=True,
+            )
+
+    try:
+        with driver.session():
+            stats.flush(force=True)
+            t0 = time.monotonic()
+            if once:
+                total = driver.drain(on_slice)
+                click.echo(f"speed layer: {total:,} events in {time.monotonic() - t0:.1f} s")
+            else:
+                click.echo(f"speed driver ({engine}) following {settings.home}", err=True)
+                driver.run(
+                    poll_s=poll,
+                    should_stop=lambda: bool(stopping),
+                    on_slice=on_slice,
+                    on_idle=stats.flush,
+                )
+    except DriverBusy as err:
+        raise click.ClickException(str(err)) from err
+    finally:
+        stats.flush(force=True, state="stopped")
