@@ -48,13 +48,10 @@ class WrittenSlice:
     partition: str
     start: int
     end: int
+    events: int  # can be < end - start: Kafka offsets have gaps (transaction markers)
     seq: int
     files: int
     seconds: float
-
-    @property
-    def events(self) -> int:
-        return self.end - self.start
 
 
 @dataclass(frozen=True)
@@ -149,8 +146,11 @@ class MasterWriter:
         # Step 4: only now move the consumer position (the hint) past the slice.
         self.log.commit(self.consumer, partition, piece.end)
         positions[partition] = piece.end
-        self.written_events += piece.end - piece.start
-        return WrittenSlice(partition, piece.start, piece.end, seq, files, time.monotonic() - t0)
+        rows = piece.events.num_rows
+        self.written_events += rows
+        return WrittenSlice(
+            partition, piece.start, piece.end, rows, seq, files, time.monotonic() - t0
+        )
 
     def _write(self, kind: Kind, piece: LogSlice) -> tuple[int, int]:
         number = piece.partition.split("/", 1)[1]

@@ -31,6 +31,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "master": "loglambda.batch.cli:master_cmd",
     "status": "loglambda.core.status:status_cmd",
     "speed": "loglambda.speed.cli:speed_cmd",
+    "kafka-source": "loglambda.ingest.kafka_source:kafka_source_cmd",
 }
 
 

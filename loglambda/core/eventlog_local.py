@@ -103,6 +103,8 @@ class LocalEventLog:
         if not first <= start <= end_total:
             raise OffsetOutOfRange(f"{partition}: offset {start} not in [{first}, {end_total}]")
         end = min(end_total, start + max_records)
+        if end == start:
+            return LogSlice(partition, start, end, schema_for(kind).empty_table())
         pieces = []
         for i, base in enumerate(bases):
             seg_end = bases[i + 1] if i + 1 < len(bases) else end_total
@@ -131,7 +133,7 @@ class LocalEventLog:
         skip, take = a - int(offsets[i]), b - a
         lo = 0 if skip == 0 else int(newlines[skip - 1]) + 1
         hi = int(newlines[skip + take - 1]) + 1
-        return _parse(kind, buf[lo:hi], newlines[skip : skip + take])
+        return decode_events(kind, buf[lo:hi], newlines[skip : skip + take])
 
     # -- appending ---------------------------------------------------------------
 
@@ -139,7 +141,7 @@ class LocalEventLog:
         partition = f"{kind}/0"
         # Step 1: validate and serialise outside the lock: the CPU work must not
         # serialise the other appenders.
-        payload, count = _serialise(kind, events)
+        payload, count = encode_events(kind, events)
         directory = self._dir(kind)
         with self._locked(kind):
             # Step 2: under the lock, rebuild the tail from disk and cut away whatever
@@ -315,7 +317,7 @@ def _visible(directory: Path, base: int) -> tuple[npt.NDArray[np.int64], npt.NDA
     return offsets, positions
 
 
-def _serialise(kind: Kind, events: pa.Table) -> tuple[bytes, int]:
+def encode_events(kind: Kind, events: pa.Table) -> tuple[bytes, int]:
     """Events as NDJSON bytes, one line each. NaN/inf floats become null (JSON has none).
 
     Vectorised: DuckDB's ``to_json`` renders every row in C++ (~0.7-1M rows/s here,
@@ -374,7 +376,7 @@ def _json_connection() -> duckdb.DuckDBPyConnection:
     return con
 
 
-def _parse(kind: Kind, data: bytes, newlines: npt.NDArray[np.intp]) -> pa.Table:
+def decode_events(kind: Kind, data: bytes, newlines: npt.NDArray[np.intp]) -> pa.Table:
     schema = schema_for(kind)
     if not data:
         return schema.empty_table()
