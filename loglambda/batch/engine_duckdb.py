@@ -17,6 +17,9 @@ touches this module. What is left here is running it well:
   computed once per load as an events column; an item dictionary built once per load
   maps hashes back to the sorted items, so the sketches hash the very same strings.
 
+``compute_arrow`` does the same over in-memory events (the speed layer's slices);
+``items=True`` gives unique counts as sorted item lists (``core.partials``' items form).
+
 Output is deterministic: rows sorted by every key column, sketches built from sorted
 items, one Arrow chunk per column, types exactly ``catalog.output_schema(view)``.
 Floating-point sums are the one exception DuckDB's parallel aggregation can make
@@ -37,8 +40,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from loglambda.batch.duckdb_sql import CompiledView, SideTable, compile_view
-from loglambda.core.catalog import STANDARD_CATALOG, CatalogError, View, output_schema
+from loglambda.core.catalog import STANDARD_CATALOG, CatalogError, View
 from loglambda.core.derived import LOOKUPS, DerivedSettings
+from loglambda.core.partials import items_from_ranks, items_lists, partial_schema
 from loglambda.core.schemas import TS_TYPE, Kind, schema_for
 
 _FileKey = tuple[tuple[str, int, int], ...]
@@ -111,6 +115,8 @@ class DuckDBEngine:
         # None when two items' inputs hash alike (then views list the items themselves).
         self._items: dict[str, _ItemDictionary | None] = {}
         self._computed: dict[Kind, dict[str, str]] = {}  # computed columns loaded
+        self._arrow_loads = 0  # in-memory loads so far (their cache key)
+        self._compiled: dict[View, CompiledView] = {}
 
     def close(self) -> None:
         self._con.close()
@@ -123,7 +129,13 @@ class DuckDBEngine:
 
     def compile(self, view: View) -> CompiledView:
         """The SQL of a view, over the ``ev_<kind>`` relation and its side tables."""
-        return compile_view(view, self.settings, EVENTS.format(kind=view.kind))
+        # Cached: compiling is pure, and every load compiles the whole standard catalog
+        # (~6 ms), which the speed layer would otherwise pay on every small slice.
+        found = self._compiled.get(view)
+        if found is None:
+            found = compile_view(view, self.settings, EVENTS.format(kind=view.kind))
+            self._compiled[view] = found
+        return found
 
     def compute(self, view: View, files: Sequence[Path]) -> pa.Table:
         """The rows of ``view`` over the events in ``files`` (``output_schema(view)``)."""
@@ -133,17 +145,43 @@ class DuckDBEngine:
         self,
         views: Iterable[View] | Mapping[str, View],
         files_by_kind: Mapping[Kind, Sequence[Path]],
+        *,
+        items: bool = False,
     ) -> dict[str, pa.Table]:
-        """Every view, loading each kind's events and side tables once for all of them."""
+        """Every view, loading each kind's events and side tables once for all of them.
+
+        ``items``: distinct measures as sorted lists of their distinct items (the items
+        form of ``loglambda.core.partials``) instead of HLL sketches.
+        """
+        return self._compute(views, files_by_kind, items)
+
+    def compute_arrow(
+        self,
+        views: Iterable[View] | Mapping[str, View],
+        events_by_kind: Mapping[Kind, pa.Table],
+        *,
+        items: bool = False,
+    ) -> dict[str, pa.Table]:
+        """``compute_all`` over in-memory events (a slice of the event log) instead of
+        Parquet files: the speed layer computes its partials with this very compiler,
+        so no view logic exists twice. Each call loads the tables afresh."""
+        return self._compute(views, events_by_kind, items)
+
+    def _compute(
+        self,
+        views: Iterable[View] | Mapping[str, View],
+        sources: Mapping[Kind, Sequence[Path] | pa.Table],
+        items: bool,
+    ) -> dict[str, pa.Table]:
         chosen = list(views.values()) if isinstance(views, Mapping) else list(views)
         compiled = [self.compile(v) for v in chosen]
         for kind in dict.fromkeys(v.kind for v in chosen):
-            if kind not in files_by_kind:
+            if kind not in sources:
                 raise CatalogError(f"no files given for {kind!r} events, which views read")
             mine = [c for c in compiled if c.view.kind == kind]
             computed = {k: v for c in mine for k, v in c.computed.items()}
             columns = set().union(*(c.columns for c in mine))
-            self._load(kind, files_by_kind[kind], columns, computed)
+            self._load(kind, sources[kind], columns, computed)
         for i, c in enumerate(compiled):
             for table in c.tables:
                 self._side_table(c.view.kind, table)
@@ -155,12 +193,21 @@ class DuckDBEngine:
                 )
                 for table in c.tables:
                     self._side_table(c.view.kind, table)
-        return {c.view.name: self._run(c) for c in compiled}
+        return {c.view.name: self._run(c, items) for c in compiled}
 
     def _load(
-        self, kind: Kind, files: Sequence[Path], columns: set[str], computed: dict[str, str]
+        self,
+        kind: Kind,
+        files: Sequence[Path] | pa.Table,
+        columns: set[str],
+        computed: dict[str, str],
     ) -> None:
-        key = _file_key(files)
+        if isinstance(files, pa.Table):
+            # In-memory events have no identity to cache by: every call loads them.
+            self._arrow_loads += 1
+            key: _FileKey = (("<arrow>", self._arrow_loads, files.num_rows),)
+        else:
+            key = _file_key(files)
         loaded = self._loaded.get(kind)
         needed = columns | computed.keys()
         if loaded is not None and loaded[0] == key and needed <= loaded[1]:
@@ -188,20 +235,24 @@ class DuckDBEngine:
             outer = ", ".join(f"{sql} AS {_quote(n)}" for n, sql in sorted(extra.items()))
             select = f"* , {outer} FROM (SELECT {select}"
         table = EVENTS.format(kind=kind)
-        if files:
+        params: dict[str, Any] = {}
+        if isinstance(files, pa.Table):
+            self._con.register("_events_in", _conform_events(kind, files))
+            source = "_events_in"
+        elif files:
             source = "read_parquet($files, hive_partitioning = false)"
-            params: dict[str, Any] = {"files": [str(p) for p in files]}
+            params = {"files": [str(p) for p in files]}
         else:
-            self._con.register("_no_events", schema.empty_table())
-            source, params = "_no_events", {}
+            self._con.register("_events_in", schema.empty_table())
+            source = "_events_in"
         close = ")" if extra and cols else ""
         self._con.execute(
             f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT {select or '1 AS _none'} "
             f"FROM {source}{close}",
             params,
         )
-        if not files:
-            self._con.unregister("_no_events")
+        if isinstance(files, pa.Table) or not files:
+            self._con.unregister("_events_in")
         if not cols:
             extra = {}
         self._computed[kind] = extra
@@ -251,9 +302,9 @@ class DuckDBEngine:
         values = items.filter(pa.array(new))
         return _ItemDictionary(hashes[order], ranks[order], values, values.to_pylist())
 
-    def _run(self, compiled: CompiledView) -> pa.Table:
+    def _run(self, compiled: CompiledView, items: bool = False) -> pa.Table:
         view = compiled.view
-        schema = output_schema(view)
+        schema = partial_schema(view, items=items)
         try:
             result = self._con.sql(compiled.sql).to_arrow_table()
         except duckdb.Error as err:
@@ -264,7 +315,9 @@ class DuckDBEngine:
             if field.name in compiled.hashed:
                 found = self._items[compiled.hashed[field.name]]
                 assert found is not None  # compute_all recompiled the view otherwise
-                col = _hashed_sketch_column(col, found)
+                col = _hashed_sketch_column(col, found, items)
+            elif field.name in compiled.sketches and items:
+                col = items_lists(col, field.type.value_type)
             elif field.name in compiled.sketches:
                 col = _sketch_column(col)
             elif field.name in compiled.histograms:
@@ -297,8 +350,11 @@ class _ItemDictionary:
     strings: list[Any]
 
 
-def _hashed_sketch_column(lists: pa.Array, items: _ItemDictionary) -> pa.Array:
-    """Hashes of item inputs per row (a list array, NULL = none) to one sketch per row."""
+def _hashed_sketch_column(
+    lists: pa.Array, items: _ItemDictionary, as_items: bool = False
+) -> pa.Array:
+    """Hashes of item inputs per row (a list array, NULL = none) to one sketch per row
+    (``as_items``: to the sorted list of the row's distinct items)."""
     from loglambda.core.sketches.hll import build_hll_grouped_ranked
 
     rows = len(lists)
@@ -313,10 +369,23 @@ def _hashed_sketch_column(lists: pa.Array, items: _ItemDictionary) -> pa.Array:
         known &= items.hashes[at] == hashes
     else:
         known[:] = False
+    if as_items:
+        return items_from_ranks(group_ids[known], items.ranks[at[known]], items.values, rows)
     sketches = build_hll_grouped_ranked(
         group_ids[known], items.ranks[at[known]], items.strings, rows
     )
     return pa.array(sketches, pa.binary())
+
+
+def _conform_events(kind: Kind, events: pa.Table) -> pa.Table:
+    """In-memory events in their kind's exact schema (column order and types)."""
+    schema = schema_for(kind)
+    if events.schema.equals(schema):
+        return events
+    try:
+        return events.select(schema.names).cast(schema)
+    except (KeyError, ValueError, pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
+        raise CatalogError(f"{kind} events do not fit the {kind} schema: {err}") from err
 
 
 def _quote(name: str) -> str:
