@@ -32,6 +32,8 @@ LAZY_COMMANDS: dict[str, str] = {
     "status": "loglambda.core.status:status_cmd",
     "speed": "loglambda.speed.cli:speed_cmd",
     "kafka-source": "loglambda.ingest.kafka_source:kafka_source_cmd",
+    "query": "loglambda.serving.query_cli:query_cmd",
+    "sql": "loglambda.serving.query_cli:sql_cmd",
 }
 
 
