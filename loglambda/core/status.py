@@ -53,6 +53,7 @@ def collect_status(settings: Settings) -> dict[str, Any]:
             )
     snapshot = MasterDataset(settings.home).snapshot()
     now = time.time()
+    speed = _speed_status(settings, {p["partition"]: p["end_offset"] for p in partitions}, now)
     processes = [
         {
             "name": p.name,
@@ -79,7 +80,28 @@ def collect_status(settings: Settings) -> dict[str, Any]:
             "horizon": horizon,
             "master_seq": current.horizon.master_seq if current else None,
         },
+        "speed": speed,
         "processes": processes,
+    }
+
+
+def _speed_status(settings: Settings, ends: dict[str, int], now: float) -> dict[str, Any]:
+    """The realtime store as serving sees it: positions, lag, partials, freshness."""
+    from loglambda.core.metrics import read_stats
+    from loglambda.speed.store import RealtimeStore
+
+    state = RealtimeStore(settings.home).state()
+    beat = next((p.doc for p in read_stats(settings.home) if p.name == "speed"), {})
+    return {
+        "generation": state.generation,
+        "batch_version": state.batch_version,
+        "positions": state.positions,
+        "lag": {p: end - state.positions.get(p, 0) for p, end in ends.items()},
+        "partials": len(state.partials),
+        "committed_age_s": round(now - state.updated_at, 1) if state.updated_at else None,
+        # Slice latency (read -> partials durable) of recent slices, from the driver.
+        "slice_ms_p50": beat.get("slice_ms_p50"),
+        "slice_ms_p99": beat.get("slice_ms_p99"),
     }
 
 
@@ -106,6 +128,20 @@ def render(status: dict[str, Any]) -> str:
             f"batch views: version {b['version']} at master seq {b['master_seq']}"
             + (f" ({behind} batch(es) behind the master)" if behind else " (up to date)")
         )
+    sp = status["speed"]
+    if sp["generation"]:
+        lag = ", ".join(f"{p} {n:,}" for p, n in sorted(sp["lag"].items()))
+        latency = (
+            f"; slices p50 {sp['slice_ms_p50']} ms, p99 {sp['slice_ms_p99']} ms"
+            if sp["slice_ms_p50"] is not None
+            else ""
+        )
+        out.append(
+            f"speed layer: {sp['partials']} partials over batch version {sp['batch_version']}, "
+            f"committed {sp['committed_age_s']} s ago; lag {lag}{latency}"
+        )
+    else:
+        out.append("speed layer: never ran (`loglambda speed`)")
     if status["processes"]:
         out += ["", "processes:"]
         for p in status["processes"]:

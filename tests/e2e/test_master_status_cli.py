@@ -46,8 +46,19 @@ def test_master_once_then_status_reports_positions_lag_and_horizon(home: Path) -
     assert proc["name"] == "master" and proc["state"] == "stopped"
     assert proc["counters"]["events"] == 1040
 
+    assert status["speed"]["generation"] == 0
     text = runner.invoke(main, ["status"]).output
     assert "traffic/0" in text and "master" in text and "version 1" in text
+    assert "speed layer: never ran" in text
+
+    # The speed layer covers what is above the horizon; status shows its position.
+    assert runner.invoke(main, ["speed", "--once", "--engine", "duckdb"]).exit_code == 0
+    status = json.loads(runner.invoke(main, ["status", "--json"]).output)
+    assert status["speed"]["positions"] == {"traffic/0": 1005, "logs/0": 40}
+    assert status["speed"]["lag"] == {"traffic/0": 0, "logs/0": 0}
+    assert status["speed"]["batch_version"] == 1 and status["speed"]["partials"] == 1
+    assert status["speed"]["slice_ms_p50"] is not None
+    assert "speed layer: 1 partials over batch version 1" in runner.invoke(main, ["status"]).output
 
 
 def test_second_master_writer_is_refused_with_a_clear_error(home: Path) -> None:
