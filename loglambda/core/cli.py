@@ -227,14 +227,13 @@ class _Bar:
 )
 @HOME_OPTION
 def summary_cmd(as_json: bool, top: int, count_4xx_visitors: bool, home: Path | None) -> None:
-    """Totals, status classes, bandwidth, unique visitors and top paths."""
-    from loglambda.batch.master import MasterDataset
+    """Totals, status classes, bandwidth, unique visitors and top paths, over every
+    event ingested (imported history and streamed events not yet in the master)."""
+    from loglambda.serving.sql import QueryEngine
     from loglambda.serving.summary import summarize
 
     settings = Settings.load(home)
-    summary = summarize(
-        MasterDataset(settings.home).snapshot(), top=top, count_4xx_visitors=count_4xx_visitors
-    )
+    summary = summarize(QueryEngine(settings), top=top, count_4xx_visitors=count_4xx_visitors)
     if as_json:
         click.echo(json.dumps(summary.to_json()))
     else:

@@ -69,3 +69,26 @@ def test_second_master_writer_is_refused_with_a_clear_error(home: Path) -> None:
         result = CliRunner().invoke(main, ["master", "--once"])
     assert result.exit_code != 0
     assert "another master writer is running" in result.output
+
+
+def test_summary_counts_streamed_events_once_before_and_after_the_master_writer(
+    home: Path,
+) -> None:
+    log = LocalEventLog(home)
+    log.append("traffic", traffic_events(300))
+    log.append("logs", log_events(7))
+    runner = CliRunner()
+
+    def summary() -> dict[str, object]:
+        result = runner.invoke(main, ["summary", "--json"])
+        assert result.exit_code == 0, result.output
+        loaded: dict[str, object] = json.loads(result.output)
+        return loaded
+
+    before = summary()  # all still in the event log only
+    assert before["requests"] == 300 and before["log_records"] == 7
+    assert runner.invoke(main, ["master", "--once", "--max-events", "120"]).exit_code == 0
+    log.append("traffic", traffic_events(20, first=300))
+    after = summary()  # 300 in the master, 20 in the log: each counted once
+    assert after["requests"] == 320
+    assert after["status_classes"] == {"2xx": 128, "3xx": 64, "4xx": 64, "5xx": 64}
