@@ -16,16 +16,22 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# The main job on the embedded default: generate two days of traffic and app logs,
-# import them into the master dataset, recompute and publish the batch views, print
-# the traffic summary.
+# The main job on the embedded default, the whole Lambda architecture on one machine:
+# two days of history imported into the master dataset and recomputed into batch views;
+# then "live" traffic (the hours after the history) tailed into the event log and
+# covered by the speed layer (Beam); then answers over both, each event once.
 demo: $(STAMP)
 	mkdir -p $(DEMO)
 	$(BIN)/loglambda generate $(DEMO)/access.log --lines 200000 --days 2
 	$(BIN)/loglambda generate $(DEMO)/app.log --kind logs --lines 50000 --days 2
 	$(BIN)/loglambda import $(DEMO)/access.log $(DEMO)/app.log
 	$(BIN)/loglambda batch run
+	$(BIN)/loglambda generate $(DEMO)/live.log --lines 20000 --days 0.1 --start 2026-11-03T00:00:00Z --seed 7
+	$(BIN)/loglambda tail --once $(DEMO)/live.log
+	$(BIN)/loglambda speed --once
 	$(BIN)/loglambda summary
+	$(BIN)/loglambda query "SELECT date_trunc('hour', window_start) AS hour, sum(requests) AS requests, sum(errors_5xx) AS errors_5xx, round(merged_quantile(latency, 0.95), 1) AS p95_ms FROM traffic_minute GROUP BY hour ORDER BY hour DESC LIMIT 5"
+	$(BIN)/loglambda status
 
 # Every test, the slow ones (a local Spark JVM) included: what CI runs.
 test: $(STAMP)

@@ -44,7 +44,7 @@ class Freshness:
     answer covers offsets below it), log end, and lag = events appended not covered."""
 
     batch_version: int | None
-    horizon: dict[str, int]
+    horizon: dict[str, int]  # per log partition: the batch covers offsets below it
     positions: dict[str, int]
     log_end: dict[str, int] = field(default_factory=dict)
     lag: dict[str, int] = field(default_factory=dict)
@@ -52,6 +52,8 @@ class Freshness:
     speed_updated_at: float | None = None
     as_of: float = 0.0
     notes: tuple[str, ...] = ()
+    # The batch version's master manifest sequence (imports have no log offsets).
+    master_seq: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -115,6 +117,7 @@ def snapshot(home: Path, log: EventLog | None = None) -> Snapshot:
         speed_updated_at=state.updated_at or None,
         as_of=time.time(),
         notes=tuple(notes),
+        master_seq=record.horizon.master_seq if record else None,
     )
     return Snapshot(home, record, state, fresh)
 

@@ -131,7 +131,9 @@ class QueryResult:
         """Freshness in a few human lines (``loglambda query``'s table output)."""
         f = self.freshness
         fmt = ", ".join
-        h = fmt(f"{p} < {o}" for p, o in sorted(f.horizon.items())) or "nothing"
+        h = fmt(f"{p} < {o}" for p, o in sorted(f.horizon.items())) or "no log offsets"
+        if f.master_seq is not None:
+            h = f"master seq {f.master_seq}, {h}"
         pos = fmt(f"{p} < {o}" for p, o in sorted(f.positions.items())) or "none"
         lag = fmt(f"{p} {n:,}" for p, n in sorted(f.lag.items())) or "unknown"
         version = (

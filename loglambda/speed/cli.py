@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import time
 from collections import deque
@@ -40,7 +41,16 @@ def make_engine(name: str) -> PartialEngine:
     """The partial engine called ``name`` (Beam is imported only when chosen)."""
     if name == "beam":
         from loglambda.core.catalog import STANDARD_CATALOG
-        from loglambda.speed.transform import BeamSliceEngine
+
+        # Importing Beam warns "apitools not found" through the root logger; it is
+        # about GCP clients we never use, so keep it off the user's terminal.
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)
+        try:
+            from loglambda.speed.transform import BeamSliceEngine
+        finally:
+            root.setLevel(level)
 
         beam_engine: PartialEngine = BeamSliceEngine(STANDARD_CATALOG)
         return beam_engine
