@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO := loglambda-data/samples
 
-.PHONY: venv demo test test-fast lint fmt bench-import bench-batch clean
+.PHONY: venv demo test test-fast lint fmt bench-import bench-batch bench-ingest clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -55,6 +55,9 @@ bench-import: $(STAMP)
 
 bench-batch: $(STAMP)
 	$(BIN)/python bench/batch_bench.py
+
+bench-ingest: $(STAMP)
+	$(BIN)/python bench/ingest_bench.py
 
 clean:
 	rm -rf $(VENV) loglambda-data
