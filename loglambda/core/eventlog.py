@@ -81,6 +81,9 @@ class LogSlice:
     start: int
     end: int
     events: pa.Table
+    # When the oldest and the newest of these events were appended (epoch µs), if the
+    # backend records it: the start of the speed layer's freshness clock.
+    appended_us: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.events.num_rows <= self.end - self.start:

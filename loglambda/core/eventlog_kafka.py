@@ -138,17 +138,22 @@ class KafkaEventLog:
         if end == start:
             return LogSlice(partition, start, end, schema_for(kind).empty_table())
         # Step 2: fetch the values of [start, end); Step 3: parse them in one call.
-        values, offsets = self._fetch(topic, number, partition, start, end)
-        return LogSlice(partition, start, end, decode_values(kind, partition, values, offsets))
+        values, offsets, stamps = self._fetch(topic, number, partition, start, end)
+        events = decode_values(kind, partition, values, offsets)
+        # Record timestamps (CreateTime, or LogAppendTime on topics configured so) are
+        # the freshness clock's start, like the local log's append time.
+        appended = (min(stamps) * 1000, max(stamps) * 1000) if stamps else None
+        return LogSlice(partition, start, end, events, appended_us=appended)
 
     def _fetch(
         self, topic: str, number: int, partition: str, start: int, end: int
-    ) -> tuple[list[bytes], list[int]]:
+    ) -> tuple[list[bytes], list[int], list[int]]:
         kafka = kafka_module()
         reader = self._reader_client()
         reader.assign([kafka.TopicPartition(topic, number, start)])
         values: list[bytes] = []
         offsets: list[int] = []
+        stamps: list[int] = []  # record timestamps, ms
         deadline = time.monotonic() + self.timeout_s
         try:
             position = start
@@ -176,10 +181,13 @@ class KafkaEventLog:
                         raise ValueError(f"{partition}: offset {offset} has no value")
                     values.append(value)
                     offsets.append(offset)
+                    kind_of_stamp, stamp = msg.timestamp()
+                    if kind_of_stamp != kafka.TIMESTAMP_NOT_AVAILABLE:
+                        stamps.append(int(stamp))
                     position = offset + 1
         finally:
             reader.unassign()  # an idle assignment would keep fetching in the background
-        return values, offsets
+        return values, offsets, stamps
 
     def _watermarks(self, topic: str, number: int) -> tuple[int, int]:
         """``(first offset, end offset)`` of a partition, the end from a fetch response

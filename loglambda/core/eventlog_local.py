@@ -6,13 +6,15 @@ read any offset range fast. Layout under ``$LOGLAMBDA_HOME/log``::
 
     <kind>/0/.lock                       flock'ed by appenders (never deleted)
     <kind>/0/<base:020d>.ndjson          records base, base+1, ... one JSON line each
-    <kind>/0/<base:020d>.idx             one 16-byte entry per committed append batch
+    <kind>/0/<base:020d>.idx             one 24-byte entry per committed append batch
     consumers/<consumer>.json            {"traffic/0": next_offset, ...}
 
 A record line is the event as a JSON object with every schema column (``ts`` as
-epoch microseconds). An index entry is ``struct "<QQ"`` = ``(offset, byte_position)``
-written *after* its batch's data: "records below ``offset`` end at byte
-``byte_position``". The index is therefore the commit record. Bytes past the last
+epoch microseconds). An index entry is ``struct "<QQQ"`` = ``(offset, byte_position,
+appended_us)`` written *after* its batch's data: "records below ``offset`` end at byte
+``byte_position``; they were appended at ``appended_us`` (epoch microseconds)" -- the
+time is what the speed layer's freshness (append -> partial durable) is measured from.
+The index is therefore the commit record. Bytes past the last
 entry belong to an append that never returned (torn or whole, it was never
 acknowledged) and are cut off by the next appender; an entry pointing past the data
 (index durable, data lost: fsync "never" plus power loss) is dropped. Readers need no
@@ -32,9 +34,10 @@ import os
 import re
 import struct
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Final
+from typing import Final, NamedTuple
 
 import duckdb
 import numpy as np
@@ -49,7 +52,7 @@ from loglambda.core.durable import fsync_path, write_atomic
 from loglambda.core.eventlog import LogSlice, OffsetOutOfRange, OffsetRange, partition_kind
 from loglambda.core.schemas import KINDS, Kind, schema_for
 
-ENTRY: Final = struct.Struct("<QQ")
+ENTRY: Final = struct.Struct("<QQQ")
 SEGMENT_BYTES: Final = 64 * 1024 * 1024
 _CONSUMER_NAME: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -106,22 +109,29 @@ class LocalEventLog:
         if end == start:
             return LogSlice(partition, start, end, schema_for(kind).empty_table())
         pieces = []
+        times: list[tuple[int, int]] = []
         for i, base in enumerate(bases):
             seg_end = bases[i + 1] if i + 1 < len(bases) else end_total
             if seg_end > start and base < end:
                 try:
-                    piece = self._read_segment(kind, base, max(start, base), min(end, seg_end))
+                    piece, when = self._read_segment(
+                        kind, base, max(start, base), min(end, seg_end)
+                    )
                 except FileNotFoundError as exc:  # delete_consumed removed it meanwhile
                     raise OffsetOutOfRange(f"{partition}: offset {start} was deleted") from exc
                 pieces.append(piece)
+                times.append(when)
         schema = schema_for(kind)
         events = pa.concat_tables(pieces) if pieces else schema.empty_table()
-        return LogSlice(partition, start, end, events)
+        appended = (min(t[0] for t in times), max(t[1] for t in times)) if times else None
+        return LogSlice(partition, start, end, events, appended_us=appended)
 
-    def _read_segment(self, kind: Kind, base: int, a: int, b: int) -> pa.Table:
+    def _read_segment(
+        self, kind: Kind, base: int, a: int, b: int
+    ) -> tuple[pa.Table, tuple[int, int]]:
         """Events ``[a, b)`` of one segment: read only the bytes of the batches that hold
         them, cut to the exact lines by newline position, parse in one vectorised call."""
-        offsets, positions = _visible(self._dir(kind), base)
+        offsets, positions, appended = _visible(self._dir(kind), base)
         i = int(np.searchsorted(offsets, a, side="right")) - 1  # batch holding a
         j = int(np.searchsorted(offsets, b - 1, side="right"))  # entry ending that batch
         with open(self._dir(kind) / f"{base:020d}.ndjson", "rb") as fh:
@@ -133,7 +143,11 @@ class LocalEventLog:
         skip, take = a - int(offsets[i]), b - a
         lo = 0 if skip == 0 else int(newlines[skip - 1]) + 1
         hi = int(newlines[skip + take - 1]) + 1
-        return decode_events(kind, buf[lo:hi], newlines[skip : skip + take])
+        times = appended[i:j]
+        return decode_events(kind, buf[lo:hi], newlines[skip : skip + take]), (
+            int(times.min()),
+            int(times.max()),
+        )
 
     # -- appending ---------------------------------------------------------------
 
@@ -173,7 +187,7 @@ class LocalEventLog:
             end = start + count
             ifd = os.open(directory / f"{base:020d}.idx", os.O_WRONLY | os.O_APPEND | os.O_CREAT)
             try:
-                os.write(ifd, ENTRY.pack(end, size + len(payload)))
+                os.write(ifd, ENTRY.pack(end, size + len(payload), time.time_ns() // 1000))
                 if self.fsync != "never":
                     os.fsync(ifd)
             finally:
@@ -191,7 +205,7 @@ class LocalEventLog:
             return 0, 0, 0
         base = bases[-1]
         data_path, idx_path = directory / f"{base:020d}.ndjson", directory / f"{base:020d}.idx"
-        offsets, positions = _visible(directory, base)
+        offsets, positions, _ = _visible(directory, base)
         idx_size = (len(offsets) - 1) * ENTRY.size
         with contextlib.suppress(FileNotFoundError):
             if idx_path.stat().st_size != idx_size:
@@ -300,21 +314,37 @@ class LocalEventLog:
             os.close(fd)  # closing releases the flock
 
 
-def _visible(directory: Path, base: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
-    """Batch boundaries of a segment that are backed by data, as offsets and byte
-    positions, starting with ``(base, 0)``. Index first, then data size: an appender
-    writes data before its entry, so every entry read here has its bytes on disk."""
+class _Index(NamedTuple):
+    """A segment's committed batches: batch ``i`` holds offsets ``[offsets[i],
+    offsets[i+1])`` at bytes ``[positions[i], positions[i+1])``, appended at
+    ``appended[i]`` (epoch µs)."""
+
+    offsets: npt.NDArray[np.int64]
+    positions: npt.NDArray[np.int64]
+    appended: npt.NDArray[np.int64]
+
+
+def read_index(path: Path) -> npt.NDArray[np.int64]:
+    """The whole entries of an index file as rows ``(offset, byte_position, appended_us)``
+    (a torn last entry never committed and is left out)."""
     try:
-        raw = (directory / f"{base:020d}.idx").read_bytes()
+        raw = path.read_bytes()
     except FileNotFoundError:
         raw = b""
-    raw = raw[: len(raw) - len(raw) % ENTRY.size]  # a torn entry never committed
-    entries = np.frombuffer(raw, dtype="<u8").reshape(-1, 2).astype(np.int64)
+    raw = raw[: len(raw) - len(raw) % ENTRY.size]
+    return np.frombuffer(raw, dtype="<u8").reshape(-1, 3).astype(np.int64)
+
+
+def _visible(directory: Path, base: int) -> _Index:
+    """Batch boundaries of a segment that are backed by data, starting with offset
+    ``base`` at byte 0. Index first, then data size: an appender writes data before its
+    entry, so every entry read here has its bytes on disk."""
+    entries = read_index(directory / f"{base:020d}.idx")
     size = os.stat(directory / f"{base:020d}.ndjson").st_size
     entries = entries[: int(np.searchsorted(entries[:, 1], size, side="right"))]
     offsets = np.concatenate([[base], entries[:, 0]]).astype(np.int64)
     positions = np.concatenate([[0], entries[:, 1]]).astype(np.int64)
-    return offsets, positions
+    return _Index(offsets, positions, entries[:, 2])
 
 
 def encode_events(kind: Kind, events: pa.Table) -> tuple[bytes, int]:

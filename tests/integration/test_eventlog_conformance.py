@@ -214,3 +214,15 @@ def test_positions_survive_a_new_instance_and_lag(open_log: Opener) -> None:
     assert open_log().committed("master", "traffic/0") == 0
     with pytest.raises(ValueError):
         reopened.committed("../evil", "traffic/0")
+
+
+def test_reads_report_when_events_were_appended(open_log: Opener) -> None:
+    # Both backends start the speed layer's freshness clock at the append.
+    import time
+
+    log = open_log()
+    before = time.time_ns() // 1000 - 1_000_000  # Kafka stamps are ms; allow clock slack
+    log.append("traffic", traffic(5))
+    after = time.time_ns() // 1000 + 1_000_000
+    got = log.read("traffic", "traffic/0", 0, 5).appended_us
+    assert got is not None and before <= got[0] <= got[1] <= after

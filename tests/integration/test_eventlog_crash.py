@@ -22,7 +22,7 @@ from typing import IO
 
 import pytest
 
-from loglambda.core.eventlog_local import LocalEventLog
+from loglambda.core.eventlog_local import LocalEventLog, read_index
 
 pytestmark = pytest.mark.integration
 
@@ -33,7 +33,7 @@ CHILD = r"""
 import random, sys
 from pathlib import Path
 import pyarrow as pa
-from loglambda.core.eventlog_local import LocalEventLog
+from loglambda.core.eventlog_local import LocalEventLog, read_index
 from loglambda.core.schemas import TRAFFIC_SCHEMA
 
 home, run = sys.argv[1], sys.argv[2]
@@ -84,9 +84,8 @@ def _uncommitted_bytes(home: Path) -> bool:
     segments = sorted(directory.glob("*.ndjson"))
     if not segments:
         return False
-    index = segments[-1].with_suffix(".idx")
-    raw = index.read_bytes() if index.exists() else b""
-    committed = int.from_bytes(raw[-8:], "little") if len(raw) >= 16 else 0
+    entries = read_index(segments[-1].with_suffix(".idx"))
+    committed = int(entries[-1, 1]) if len(entries) else 0
     return segments[-1].stat().st_size > committed
 
 

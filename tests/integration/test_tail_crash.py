@@ -23,7 +23,6 @@ import os
 import random
 import re
 import signal
-import struct
 import subprocess
 import sys
 import time
@@ -36,7 +35,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from loglambda.core.eventlog_local import LocalEventLog
+from loglambda.core.eventlog_local import LocalEventLog, read_index
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -126,11 +125,8 @@ def log_end(home: Path) -> int:
     indexes = sorted(directory.glob("*.idx"))
     if not indexes:
         return 0
-    raw = indexes[-1].read_bytes()
-    if len(raw) < 16:
-        return int(indexes[-1].stem)
-    offset, _ = struct.unpack("<QQ", raw[len(raw) // 16 * 16 - 16 : len(raw) // 16 * 16])
-    return int(offset)
+    entries = read_index(indexes[-1])
+    return int(entries[-1, 0]) if len(entries) else int(indexes[-1].stem)
 
 
 def checkpoint(home: Path) -> dict[str, Any] | None:

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pytest
 
 from loglambda.core.eventlog import EventLog, OffsetOutOfRange, OffsetRange
-from loglambda.core.eventlog_local import LocalEventLog
+from loglambda.core.eventlog_local import LocalEventLog, read_index
 from loglambda.core.schemas import LOGS_SCHEMA, TRAFFIC_SCHEMA
 
 pytestmark = pytest.mark.unit
@@ -206,9 +206,9 @@ def test_index_entry_past_data_is_dropped(tmp_path: Path) -> None:
     log.append("traffic", traffic(4, first=3))
     segment = tmp_path / "log" / "traffic" / "0" / f"{0:020d}.ndjson"
     # The data of the second batch is lost (power loss), its index entry survived.
-    first_size = segment.with_suffix(".idx").read_bytes()[8:16]
+    first_size = int(read_index(segment.with_suffix(".idx"))[0, 1])
     with open(segment, "r+b") as fh:
-        fh.truncate(int.from_bytes(first_size, "little") + 10)
+        fh.truncate(first_size + 10)
     assert log.end_offset("traffic", "traffic/0") == 3
     assert log.append("traffic", traffic(1, first=3)) == (OffsetRange("traffic/0", 3, 4),)
     assert log.read("traffic", "traffic/0", 0, 100).events.equals(traffic(4))
@@ -264,3 +264,20 @@ def test_non_finite_floats_are_stored_as_null(tmp_path: Path) -> None:
     back = log.read("traffic", "traffic/0", 0, 4).events
     assert back.column("latency_ms").to_pylist() == [None, None, None, 1.5]
     assert back.drop_columns(["latency_ms"]).equals(t.drop_columns(["latency_ms"]))
+
+
+def test_slices_say_when_their_events_were_appended(tmp_path: Path) -> None:
+    # The speed layer's freshness clock starts at the append, so reads report it.
+    import time
+
+    log = LocalEventLog(tmp_path, fsync="never")
+    before = time.time_ns() // 1000
+    log.append("traffic", traffic(3))
+    middle = time.time_ns() // 1000
+    log.append("traffic", traffic(2, first=3))
+    after = time.time_ns() // 1000
+    both = log.read("traffic", "traffic/0", 0, 10).appended_us
+    assert both is not None and before <= both[0] <= middle <= both[1] <= after
+    second = log.read("traffic", "traffic/0", 4, 10).appended_us
+    assert second is not None and middle <= second[0] == second[1] <= after
+    assert log.read("traffic", "traffic/0", 5, 10).appended_us is None  # nothing read
