@@ -26,7 +26,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from loglambda.core.config import Settings
 from loglambda.core.eventlog import EventLog, open_event_log
 from loglambda.ingest.http import IngestLimits, ingest_router, new_request_id
+from loglambda.serving.api import api_router
 from loglambda.serving.auth import TokenStore
+from loglambda.serving.dashboard import dashboard_router
+from loglambda.serving.prometheus import ServingMetrics, metrics_router
 
 try:
     __version__: Final = metadata.version("loglambda")
@@ -56,6 +59,11 @@ def create_app(
     app.state.event_log = log
     app.include_router(health_router(log))
     app.include_router(ingest_router(settings, log, limits or IngestLimits()))
+    metrics = ServingMetrics(settings, log)
+    app.state.metrics = metrics
+    app.include_router(api_router(settings, log, metrics))
+    app.include_router(metrics_router(metrics))
+    app.include_router(dashboard_router())
     app.add_middleware(RequestIdMiddleware)
     return app
 

@@ -1,4 +1,4 @@
-"""``loglambda serve``: run the HTTP app (ingest now; queries later) with uvicorn.
+"""``loglambda serve``: run the HTTP app (ingest, queries, metrics, dashboard) with uvicorn.
 
 One process, one event loop; parsing and appending run in worker threads, and the
 local event log serialises appends across processes, so ``serve`` and ``tail`` can
@@ -134,7 +134,8 @@ def serve_cmd(
     workers: int,
     access_log: bool,
 ) -> None:
-    """Serve the HTTP API: POST /v1/ingest, GET /healthz."""
+    """Serve the HTTP app: POST /v1/ingest, POST /v1/query, GET /v1/views,
+    /v1/dashboard/*, /metrics, the dashboard at /dashboard/, /healthz, /openapi.json."""
     import uvicorn
 
     from loglambda.ingest.http import IngestLimits
