@@ -2,58 +2,45 @@
 
 from __future__ import annotations
 
-import signal
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from types import FrameType
-from typing import Any
 
 import click
 
 from loglambda.batch.master_writer import DEFAULT_MAX_EVENTS, Flush, MasterWriter, WriterBusy
+from loglambda.core.cli_options import HOME_OPTION, env_option, stop_on_signals
 from loglambda.core.config import Settings
 from loglambda.core.eventlog import open_event_log
 from loglambda.core.metrics import ProcessStats
 
 
-def _opt(name: str, env: str, **kw: Any) -> Callable[[Any], Any]:
-    """A flag backed by the env var ``LOGLAMBDA_<env>``."""
-    return click.option(name, envvar=f"LOGLAMBDA_{env}", show_envvar=True, **kw)
-
-
 @click.command("master")
-@_opt("--once", "MASTER_ONCE", is_flag=True, help="Write everything appended so far, then exit.")
-@_opt(
+@env_option(
+    "--once", "MASTER_ONCE", is_flag=True, help="Write everything appended so far, then exit."
+)
+@env_option(
     "--max-events",
     "MASTER_MAX_EVENTS",
     type=click.IntRange(min=1),
     default=DEFAULT_MAX_EVENTS,
     help="Most events per master batch (memory bound).",
 )
-@_opt(
+@env_option(
     "--min-events",
     "MASTER_MIN_EVENTS",
     type=click.IntRange(min=1),
     default=Flush.min_events,
     help="Write a batch once this many events wait ...",
 )
-@_opt(
+@env_option(
     "--max-wait",
     "MASTER_MAX_WAIT",
     type=click.FloatRange(min=0),
     default=Flush.max_wait_s,
     help="... or once any event waited this many seconds.",
 )
-@_opt("--poll", "MASTER_POLL", type=click.FloatRange(min=0.01), default=0.5, help="Seconds.")
-@click.option(
-    "--home",
-    envvar="LOGLAMBDA_HOME",
-    show_envvar=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Data directory (default ./loglambda-data).",
-)
+@env_option("--poll", "MASTER_POLL", type=click.FloatRange(min=0.01), default=0.5, help="Seconds.")
+@HOME_OPTION
 def master_cmd(
     once: bool, max_events: int, min_events: int, max_wait: float, poll: float, home: Path | None
 ) -> None:
@@ -67,13 +54,6 @@ def master_cmd(
     log = open_event_log(settings)
     writer = MasterWriter(settings.home, log, max_events=max_events)
     stats = ProcessStats(settings.home, "master")
-    stopping: list[int] = []
-
-    def stop(signum: int, _frame: FrameType | None) -> None:
-        stopping.append(signum)
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
 
     def on_slice(done: object) -> None:
         from loglambda.batch.master_writer import WrittenSlice
@@ -90,7 +70,7 @@ def master_cmd(
         )
 
     try:
-        with writer.session():
+        with writer.session(), stop_on_signals() as should_stop:
             stats.set("positions", writer.positions)
             stats.flush(force=True)
             if once:
@@ -101,7 +81,7 @@ def master_cmd(
                 writer.run(
                     flush=Flush(min_events, max_wait),
                     poll_s=poll,
-                    should_stop=lambda: bool(stopping),
+                    should_stop=should_stop,
                     on_slice=on_slice,
                     on_idle=stats.flush,
                 )

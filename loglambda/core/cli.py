@@ -11,16 +11,10 @@ from typing import Any
 
 import click
 
+from loglambda.core.cli_options import HOME_OPTION
 from loglambda.core.config import Settings
 
-HOME_OPTION = click.option(
-    "--home",
-    envvar="LOGLAMBDA_HOME",
-    show_envvar=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Data directory (default ./loglambda-data).",
-)
+__all__ = ["HOME_OPTION", "main"]
 
 
 # Commands that live beside the layer they drive, imported only when invoked (so

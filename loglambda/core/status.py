@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 
+from loglambda.core.cli_options import HOME_OPTION
 from loglambda.core.config import Settings
 from loglambda.core.schemas import KINDS
 
@@ -173,11 +174,7 @@ def render(status: dict[str, Any]) -> str:
     show_envvar=True,
     help="Refresh every N seconds until Ctrl-C.",
 )
-@click.option(
-    "--home", envvar="LOGLAMBDA_HOME", show_envvar=True, default=None,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Data directory (default ./loglambda-data).",
-)  # fmt: skip
+@HOME_OPTION
 def status_cmd(as_json: bool, watch: float | None, home: Path | None) -> None:
     """Consumer positions and lag per partition, batch horizon, master size, and the
     running processes' events/s."""

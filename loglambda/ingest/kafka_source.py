@@ -34,7 +34,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import signal
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -46,6 +45,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from loglambda.core.cli_options import HOME_OPTION, env_option, stop_on_signals
 from loglambda.core.durable import write_atomic
 from loglambda.core.eventlog import EventLog
 from loglambda.core.kafka_codec import kafka_module
@@ -309,40 +309,28 @@ def _load(path: Path) -> dict[str, Any]:
 # -- the command ---------------------------------------------------------------------
 
 
-def _opt(env: str, *decls: str, **kw: Any) -> Callable[[Any], Any]:
-    """A flag backed by the env var ``LOGLAMBDA_<env>``."""
-    return click.option(*decls, envvar=f"LOGLAMBDA_{env}", show_envvar=True, **kw)
-
-
 @click.command("kafka-source")
-@_opt("KAFKA_SOURCE_TOPIC", "--topic", required=True, help="Topic of raw log lines.")
-@_opt("KAFKA_SOURCE_FORMAT", "--format", "fmt", required=True, help="Format of the lines.")
-@_opt(
-    "KAFKA_SOURCE_BOOTSTRAP",
+@env_option("--topic", "KAFKA_SOURCE_TOPIC", required=True, help="Topic of raw log lines.")
+@env_option("--format", "KAFKA_SOURCE_FORMAT", "fmt", required=True, help="Format of the lines.")
+@env_option(
     "--bootstrap",
+    "KAFKA_SOURCE_BOOTSTRAP",
     default=None,
     help="Brokers of the topic (default: the event log's, LOGLAMBDA_KAFKA_BOOTSTRAP).",
 )
-@_opt(
-    "KAFKA_SOURCE_VALUE",
+@env_option(
     "--value",
+    "KAFKA_SOURCE_VALUE",
     type=click.Choice(["raw", "json"]),
     default="raw",
     help="raw: the value is the line; json: an object holding it in --message-field.",
 )
-@_opt("KAFKA_SOURCE_MESSAGE_FIELD", "--message-field", default="message", help="See --value.")
-@_opt("KAFKA_SOURCE_GROUP", "--group", default=None, help="Consumer group of the positions.")
-@_opt("KAFKA_SOURCE_BATCH", "--batch", type=click.IntRange(min=1), default=10_000)
-@_opt("KAFKA_SOURCE_MAX_MESSAGES", "--max-messages", type=click.IntRange(min=1), default=None)
-@_opt("KAFKA_SOURCE_UNTIL_IDLE", "--until-idle", is_flag=True, help="Stop once caught up.")
-@click.option(
-    "--home",
-    envvar="LOGLAMBDA_HOME",
-    show_envvar=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Data directory (default ./loglambda-data).",
-)
+@env_option("--message-field", "KAFKA_SOURCE_MESSAGE_FIELD", default="message", help="See --value.")
+@env_option("--group", "KAFKA_SOURCE_GROUP", default=None, help="Consumer group of the positions.")
+@env_option("--batch", "KAFKA_SOURCE_BATCH", type=click.IntRange(min=1), default=10_000)
+@env_option("--max-messages", "KAFKA_SOURCE_MAX_MESSAGES", type=click.IntRange(min=1), default=None)
+@env_option("--until-idle", "KAFKA_SOURCE_UNTIL_IDLE", is_flag=True, help="Stop once caught up.")
+@HOME_OPTION
 def kafka_source_cmd(
     topic: str,
     fmt: str,
@@ -375,9 +363,6 @@ def kafka_source_cmd(
         group=group,
         batch_size=batch,
     )
-    stopping: list[int] = []
-    signal.signal(signal.SIGTERM, lambda signum, _frame: stopping.append(signum))
-    signal.signal(signal.SIGINT, lambda signum, _frame: stopping.append(signum))
 
     def progress(b: Batch, report: IngestReport) -> None:
         click.echo(
@@ -387,12 +372,13 @@ def kafka_source_cmd(
         )
 
     try:
-        totals = source.run(
-            max_messages=max_messages,
-            until_idle=until_idle,
-            should_stop=lambda: bool(stopping),
-            on_batch=progress,
-        )
+        with stop_on_signals() as should_stop:
+            totals = source.run(
+                max_messages=max_messages,
+                until_idle=until_idle,
+                should_stop=should_stop,
+                on_batch=progress,
+            )
     except (LookupError, RuntimeError) as err:
         raise click.ClickException(str(err)) from err
     finally:
