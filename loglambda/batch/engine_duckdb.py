@@ -19,6 +19,10 @@ touches this module. What is left here is running it well:
 
 ``compute_arrow`` does the same over in-memory events (the speed layer's slices);
 ``items=True`` gives unique counts as sorted item lists (``core.partials``' items form).
+A slice is small next to the fixed cost of a query (~4-7 ms each), so there a view that
+differs from another only by a coarser grain is merged from that view's rows
+(``rollup``) instead of running its SQL, and the slice's tables are dropped as soon as
+its views are out. Turning result columns into sketches is ``duckdb_columns``.
 
 Output is deterministic: rows sorted by every key column, sketches built from sorted
 items, one Arrow chunk per column, types exactly ``catalog.output_schema(view)``.
@@ -30,7 +34,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -39,51 +42,21 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from loglambda.batch.duckdb_columns import (
+    ItemDictionary,
+    hashed_sketch_column,
+    histogram_column,
+    sketch_column,
+)
 from loglambda.batch.duckdb_sql import CompiledView, SideTable, compile_view
+from loglambda.batch.rollup import exact_rollup, roll_up, rollup_sources
 from loglambda.core.catalog import STANDARD_CATALOG, CatalogError, View
 from loglambda.core.derived import LOOKUPS, DerivedSettings
-from loglambda.core.partials import items_from_ranks, items_lists, partial_schema
+from loglambda.core.partials import items_lists, partial_schema
 from loglambda.core.schemas import TS_TYPE, Kind, schema_for
 
 _FileKey = tuple[tuple[str, int, int], ...]
 EVENTS: Final = "ev_{kind}"
-
-
-def _hll_sketches(group_ids: np.ndarray[Any, Any], items: pa.Array, groups: int) -> list[bytes]:
-    """Adapter to the sketches module: one compact HLL sketch per group."""
-    from loglambda.core.sketches.hll import build_hll_grouped
-
-    return build_hll_grouped(group_ids, items, groups)
-
-
-def _histograms(lists: pa.Array) -> pa.Array:
-    """Adapter to the sketches module's storage form (``HISTOGRAM_TYPE``).
-
-    The SQL gives each row its {key, count} entries sorted by key, where a key repeats
-    when two phase-1 groups (two paths of one route) fall in one row: summing runs of
-    equal keys is one vectorised pass (the sketches module's general normaliser sorts
-    every entry: measured ~1.7 s more on 10M events). NULL keys (NaN values) are
-    dropped; a row without values is an empty histogram (as Spark's collect_list
-    gives), never NULL.
-    """
-    from loglambda.core.sketches.quantiles import HISTOGRAM_TYPE
-
-    lengths = pc.list_value_length(lists).fill_null(0).to_numpy(zero_copy_only=False)
-    flat = lists.flatten()
-    keep = np.asarray(flat.field("key").is_valid(), dtype=bool)
-    rows = np.repeat(np.arange(len(lists), dtype=np.int64), lengths)[keep]
-    keys = np.asarray(flat.field("key").fill_null(0), dtype=np.int32)[keep]
-    counts = np.asarray(flat.field("count").fill_null(0), dtype=np.int64)[keep]
-    new = np.ones(len(keys), dtype=bool)
-    new[1:] = (rows[1:] != rows[:-1]) | (keys[1:] != keys[:-1])
-    starts = np.flatnonzero(new)
-    sums = np.add.reduceat(counts, starts) if len(starts) else counts
-    offsets = np.zeros(len(lists) + 1, dtype=np.int32)
-    np.cumsum(np.bincount(rows[starts], minlength=len(lists)), out=offsets[1:])
-    items = pa.StructArray.from_arrays(
-        [pa.array(keys[starts], pa.int32()), pa.array(sums, pa.int64())], names=["key", "count"]
-    )
-    return pa.ListArray.from_arrays(pa.array(offsets), items, type=HISTOGRAM_TYPE)
 
 
 class DuckDBEngine:
@@ -111,9 +84,9 @@ class DuckDBEngine:
         # Per kind: the files and columns its events table holds now.
         self._loaded: dict[Kind, tuple[_FileKey, frozenset[str]]] = {}
         self._tables: dict[str, _FileKey] = {}  # side table -> events it was built from
-        # Item dictionaries read into Python, per side table (see ``_ItemDictionary``);
+        # Item dictionaries read into Python, per side table (see ``ItemDictionary``);
         # None when two items' inputs hash alike (then views list the items themselves).
-        self._items: dict[str, _ItemDictionary | None] = {}
+        self._items: dict[str, ItemDictionary | None] = {}
         self._computed: dict[Kind, dict[str, str]] = {}  # computed columns loaded
         self._arrow_loads = 0  # in-memory loads so far (their cache key)
         self._compiled: dict[View, CompiledView] = {}
@@ -165,13 +138,33 @@ class DuckDBEngine:
         """``compute_all`` over in-memory events (a slice of the event log) instead of
         Parquet files: the speed layer computes its partials with this very compiler,
         so no view logic exists twice. Each call loads the tables afresh."""
-        return self._compute(views, events_by_kind, items)
+        try:
+            return self._compute(views, events_by_kind, items, rollups=True)
+        finally:
+            # A slice's tables are never read again: dropped now, so that their memory
+            # is free before the next slice loads (CREATE OR REPLACE holds both).
+            self._release(events_by_kind)
+
+    def _release(self, kinds: Iterable[Kind]) -> None:
+        """Drop the events table of ``kinds`` and the side tables built from it."""
+        for kind in kinds:
+            loaded = self._loaded.pop(kind, None)
+            if loaded is None:
+                continue
+            built = [name for name, key in self._tables.items() if key == loaded[0]]
+            for name in [EVENTS.format(kind=kind), *built]:
+                self._con.execute(f"DROP TABLE IF EXISTS {name}")
+                self._tables.pop(name, None)
+                self._items.pop(name, None)
+            self._computed.pop(kind, None)
 
     def _compute(
         self,
         views: Iterable[View] | Mapping[str, View],
         sources: Mapping[Kind, Sequence[Path] | pa.Table],
         items: bool,
+        *,
+        rollups: bool = False,
     ) -> dict[str, pa.Table]:
         chosen = list(views.values()) if isinstance(views, Mapping) else list(views)
         compiled = [self.compile(v) for v in chosen]
@@ -193,7 +186,16 @@ class DuckDBEngine:
                 )
                 for table in c.tables:
                     self._side_table(c.view.kind, table)
-        return {c.view.name: self._run(c, items) for c in compiled}
+        # Views differing from another only by a coarser grain are merged from its rows
+        # (``rollup``), the rest run their SQL; the result keeps the order asked for.
+        sources_of = rollup_sources([c.view for c in compiled]) if rollups else {}
+        out = {c.view.name: self._run(c, items) for c in compiled if c.view.name not in sources_of}
+        for c in compiled:
+            fine = out.get(sources_of.get(c.view.name, ""))
+            if fine is not None:
+                exact = exact_rollup(fine, c.view)
+                out[c.view.name] = roll_up(fine, c.view) if exact else self._run(c, items)
+        return {c.view.name: out[c.view.name] for c in compiled}
 
     def _load(
         self,
@@ -278,7 +280,7 @@ class DuckDBEngine:
             self._items[table.name] = self._item_dictionary(table.name)
         self._tables[table.name] = key
 
-    def _item_dictionary(self, table: str) -> _ItemDictionary | None:
+    def _item_dictionary(self, table: str) -> ItemDictionary | None:
         """The item dictionary of a side table; None if two items share a hash."""
         clashes = self._con.execute(f"SELECT count(*) - count(DISTINCT h) FROM {table}").fetchall()
         if clashes[0][0]:
@@ -300,7 +302,7 @@ class DuckDBEngine:
         ranks = np.cumsum(new) - 1
         order = np.argsort(hashes, kind="stable")
         values = items.filter(pa.array(new))
-        return _ItemDictionary(hashes[order], ranks[order], values, values.to_pylist())
+        return ItemDictionary(hashes[order], ranks[order], values, values.to_pylist())
 
     def _run(self, compiled: CompiledView, items: bool = False) -> pa.Table:
         view = compiled.view
@@ -315,73 +317,28 @@ class DuckDBEngine:
             if field.name in compiled.hashed:
                 found = self._items[compiled.hashed[field.name]]
                 assert found is not None  # compute_all recompiled the view otherwise
-                col = _hashed_sketch_column(col, found, items)
+                col = hashed_sketch_column(col, found, items)
             elif field.name in compiled.sketches and items:
                 col = items_lists(col, field.type.value_type)
             elif field.name in compiled.sketches:
-                col = _sketch_column(col)
+                col = sketch_column(col)
             elif field.name in compiled.histograms:
-                col = _histograms(col)
+                col = histogram_column(col)
             columns.append(col.cast(field.type))
         return pa.Table.from_arrays(columns, schema=schema)
 
 
-def _sketch_column(lists: pa.Array) -> pa.Array:
-    """Distinct items per row (a list array, NULL = none) to one HLL sketch per row."""
-    rows = len(lists)
-    lengths = pc.list_value_length(lists).fill_null(0).to_numpy(zero_copy_only=False)
-    group_ids = np.repeat(np.arange(rows, dtype=np.int64), lengths)
-    return pa.array(_hll_sketches(group_ids, lists.flatten(), rows), pa.binary())
-
-
-@dataclass(frozen=True)
-class _ItemDictionary:
-    """Every distinct item of a load, sorted, and the hashes of inputs that derive them.
-
-    ``hashes`` is sorted and ``ranks[i]`` is the position in ``values`` (sorted,
-    distinct, non-null) of the item of ``hashes[i]``; a hash whose item is NULL is
-    absent, so its events count no item, as a NULL item would not.
-    """
-
-    hashes: np.ndarray[Any, Any]
-    ranks: np.ndarray[Any, Any]
-    values: pa.Array
-    # ``values`` as Python strings, converted once per load for every view's sketches.
-    strings: list[Any]
-
-
-def _hashed_sketch_column(
-    lists: pa.Array, items: _ItemDictionary, as_items: bool = False
-) -> pa.Array:
-    """Hashes of item inputs per row (a list array, NULL = none) to one sketch per row
-    (``as_items``: to the sorted list of the row's distinct items)."""
-    from loglambda.core.sketches.hll import build_hll_grouped_ranked
-
-    rows = len(lists)
-    lengths = pc.list_value_length(lists).fill_null(0).to_numpy(zero_copy_only=False)
-    group_ids = np.repeat(np.arange(rows, dtype=np.int64), lengths)
-    flat = lists.flatten()
-    hashes = np.asarray(flat.fill_null(0), dtype=np.uint64)
-    at = np.searchsorted(items.hashes, hashes)
-    at[at == len(items.hashes)] = 0
-    known = np.asarray(flat.is_valid(), dtype=bool)
-    if len(items.hashes):
-        known &= items.hashes[at] == hashes
-    else:
-        known[:] = False
-    if as_items:
-        return items_from_ranks(group_ids[known], items.ranks[at[known]], items.values, rows)
-    sketches = build_hll_grouped_ranked(
-        group_ids[known], items.ranks[at[known]], items.strings, rows
-    )
-    return pa.array(sketches, pa.binary())
-
-
 def _conform_events(kind: Kind, events: pa.Table) -> pa.Table:
-    """In-memory events in their kind's exact schema (column order and types)."""
+    """In-memory events in their kind's exact schema (column order and types), except
+    that dictionary-encoded strings stay so (the speed driver holds its slices so to
+    save memory; DuckDB scans them as VARCHAR, so the loaded table is the same)."""
     schema = schema_for(kind)
     if events.schema.equals(schema):
         return events
+    for i, f in enumerate(schema):
+        found = events.schema.field(f.name) if f.name in events.schema.names else None
+        if found is not None and found.type == pa.dictionary(pa.int32(), f.type):
+            schema = schema.set(i, f.with_type(found.type))
     try:
         return events.select(schema.names).cast(schema)
     except (KeyError, ValueError, pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:

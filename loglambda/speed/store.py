@@ -28,7 +28,7 @@ import os
 import shutil
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -61,6 +61,17 @@ class Partial:
     def from_json(d: Mapping[str, Any]) -> Partial:
         return Partial(**{**d, "views": tuple(d["views"])})
 
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "partition": self.partition,
+            "start": self.start,
+            "end": self.end,
+            "path": self.path,
+            "views": list(self.views),
+            "rows": self.rows,
+            "durable_at": self.durable_at,
+        }
+
 
 @dataclass(frozen=True)
 class SpeedState:
@@ -74,9 +85,16 @@ class SpeedState:
     updated_at: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["partials"] = [asdict(p) for p in self.partials]
-        return d
+        # By hand: ``dataclasses.asdict`` deep-copies every field of every partial, and
+        # was ~90 % of a commit (~0.35 s per commit with 5,000 partials listed).
+        return {
+            "generation": self.generation,
+            "positions": dict(self.positions),
+            "horizon": dict(self.horizon),
+            "batch_version": self.batch_version,
+            "partials": [p.to_json() for p in self.partials],
+            "updated_at": self.updated_at,
+        }
 
     @staticmethod
     def from_json(d: Mapping[str, Any]) -> SpeedState:
@@ -125,6 +143,9 @@ class RealtimeStore:
         self.root = Path(home) / "realtime"
         self.parts = self.root / "parts"
         self._tmp_seq = itertools.count()
+        # Directories the last commit (or full collection) left listed: a commit then
+        # removes only what it stopped listing, instead of listing every directory.
+        self._listed: set[str] | None = None
 
     def state(self) -> SpeedState:
         try:
@@ -171,12 +192,19 @@ class RealtimeStore:
         # Step 3: one atomic replace publishes partials and positions together.
         write_atomic(self.root / STATE_FILE, json.dumps(new.to_json()).encode(), overwrite=True)
         # Step 4: expired or replaced partials are garbage now.
-        self.collect_garbage(new.partials)
+        if self._listed is None:
+            self.collect_garbage(new.partials)
+        else:
+            keep = {p.path for p in new.partials}
+            for rel in sorted(self._listed - keep):
+                shutil.rmtree(self.root / rel, ignore_errors=True)
+            self._listed = keep
         return new
 
     def collect_garbage(self, live: Iterable[Partial]) -> list[str]:
         """Remove partial directories (and temp leftovers) not in ``live``."""
         keep = {p.path for p in live}
+        self._listed = keep
         removed: list[str] = []
         if not self.parts.is_dir():
             return removed
