@@ -103,6 +103,10 @@ def _speed_status(settings: Settings, ends: dict[str, int], now: float) -> dict[
         # Slice latency (read -> partials durable) of recent slices, from the driver.
         "slice_ms_p50": beat.get("slice_ms_p50"),
         "slice_ms_p99": beat.get("slice_ms_p99"),
+        # Event appended -> its partial durable, over the driver's recent slices (the
+        # oldest event of each slice, so an upper bound per slice).
+        "freshness_s_p50": beat.get("freshness_s_p50"),
+        "freshness_s_p99": beat.get("freshness_s_p99"),
     }
 
 
@@ -137,6 +141,11 @@ def render(status: dict[str, Any]) -> str:
             if sp["slice_ms_p50"] is not None
             else ""
         )
+        if sp.get("freshness_s_p50") is not None:
+            latency += (
+                f"; freshness (append -> durable) p50 {sp['freshness_s_p50']} s, "
+                f"p99 {sp['freshness_s_p99']} s"
+            )
         out.append(
             f"speed layer: {sp['partials']} partials over batch version {sp['batch_version']}, "
             f"committed {sp['committed_age_s']} s ago; lag {lag}{latency}"

@@ -120,6 +120,7 @@ def speed_cmd(
     driver = SpeedDriver(settings.home, log, chosen, max_events=max_events)
     stats = ProcessStats(settings.home, "speed")
     recent: deque[float] = deque(maxlen=200)
+    fresh: deque[float] = deque(maxlen=200)
     stopping: list[int] = []
 
     def stop(signum: int, _frame: FrameType | None) -> None:
@@ -130,6 +131,12 @@ def speed_cmd(
 
     def on_slice(done: SliceDone) -> None:
         recent.append(done.seconds)
+        if done.freshness_s is not None:
+            # The slice's oldest event: its worst-case append -> durable time.
+            fresh.append(done.freshness_s[0])
+            by_age = sorted(fresh)
+            stats.set("freshness_s_p50", round(by_age[(len(by_age) - 1) // 2], 3))
+            stats.set("freshness_s_p99", round(by_age[-(-99 * len(by_age) // 100) - 1], 3))
         stats.add("events", done.events)
         stats.add("slices")
         ordered = sorted(recent)

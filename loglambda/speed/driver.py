@@ -98,6 +98,9 @@ class SliceDone:
     end: int
     seconds: float  # read -> partials durable and listed
     lag: int  # events still waiting in the partition after this slice
+    # Freshness (append -> partial durable) of the slice's oldest and newest event,
+    # when the log records append times; the oldest one is the slice's worst case.
+    freshness_s: tuple[float, float] | None = None
 
     @property
     def events(self) -> int:
@@ -290,7 +293,11 @@ class SpeedDriver:
         self._hint(partition, piece.end)
         self._settle()
         lag = self.log.end_offset(kind, partition) - piece.end
-        return SliceDone(partition, piece.start, piece.end, time.monotonic() - t0, lag)
+        fresh = None
+        if piece.appended_us is not None:
+            now_us = time.time_ns() // 1000
+            fresh = ((now_us - piece.appended_us[0]) / 1e6, (now_us - piece.appended_us[1]) / 1e6)
+        return SliceDone(partition, piece.start, piece.end, time.monotonic() - t0, lag, fresh)
 
     def drain(self, on_slice: Callable[[SliceDone], None] | None = None) -> int:
         """Apply the horizon, then process everything appended so far."""

@@ -58,6 +58,8 @@ def test_master_once_then_status_reports_positions_lag_and_horizon(home: Path) -
     assert status["speed"]["lag"] == {"traffic/0": 0, "logs/0": 0}
     assert status["speed"]["batch_version"] == 1 and status["speed"]["partials"] == 1
     assert status["speed"]["slice_ms_p50"] is not None
+    # Freshness is measured from the append: the events waited since the start.
+    assert 0 < status["speed"]["freshness_s_p50"] < 120
     assert "speed layer: 1 partials over batch version 1" in runner.invoke(main, ["status"]).output
 
 
