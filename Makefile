@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO := loglambda-data/samples
 
-.PHONY: venv demo test test-fast lint fmt bench-import bench-batch bench-ingest bench-speed clean
+.PHONY: venv demo test test-fast lint fmt bench-import bench-batch bench-ingest bench-speed bench-serving clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -58,6 +58,9 @@ bench-batch: $(STAMP)
 
 bench-ingest: $(STAMP)
 	$(BIN)/python bench/ingest_bench.py
+
+bench-serving: $(STAMP)
+	$(BIN)/python bench/serving_bench.py
 
 bench-speed: $(STAMP)
 	$(BIN)/python bench/speed_bench.py

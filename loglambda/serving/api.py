@@ -35,6 +35,7 @@ from loglambda.core.schemas import KINDS
 from loglambda.serving import api_models as m
 from loglambda.serving import questions as q
 from loglambda.serving.auth import check
+from loglambda.serving.merge import Rollup
 from loglambda.serving.sql import (
     META_TABLES,
     DataUnavailable,
@@ -147,11 +148,24 @@ def api_router(
         *,
         max_rows: int = _DASHBOARD_ROWS,
         timeout_s: float | None = None,
+        win: q.Window | None = None,
+        rollup: Rollup | None = None,
     ) -> Any:
-        """Run ``sql``; the shaped answer with its freshness, or the refusal."""
+        """Run ``sql``; the shaped answer with its freshness, or the refusal. ``win``
+        and ``rollup`` are what a dashboard statement promises (``QueryEngine.run``):
+        it reads only rows inside ``win``, and groups and merges as ``rollup`` says."""
+        window = None if win is None else (win.start, win.end)
         with metrics.timed(endpoint):
             try:
-                result = engine.get().run(sql, max_rows=max_rows, timeout_s=timeout_s)
+                result = engine.get().run(
+                    sql,
+                    max_rows=max_rows,
+                    timeout_s=timeout_s,
+                    window=window,
+                    rollup=rollup,
+                    # The dashboard's own statements run apart from ad-hoc SQL.
+                    dashboard=endpoint.startswith("dashboard_"),
+                )
             except QueryError as err:
                 code = _error_code(err)
                 metrics.refused(endpoint, code)
@@ -250,7 +264,13 @@ def api_router(
                 },
             }
 
-        out: m.TrafficResponse = answer("dashboard_traffic", q.traffic_sql(win, chosen), shape)
+        out: m.TrafficResponse = answer(
+            "dashboard_traffic",
+            q.traffic_sql(win, chosen),
+            shape,
+            win=win,
+            rollup=Rollup(step_s=step_s),
+        )
         return out
 
     @router.get("/v1/dashboard/top_routes", summary="Routes with the most requests")
@@ -270,7 +290,11 @@ def api_router(
             return {**_range(win), "view": f"traffic_{q.grain(win)}", "routes": routes}
 
         out: m.TopRoutesResponse = answer(
-            "dashboard_top_routes", q.top_routes_sql(win, limit), shape
+            "dashboard_top_routes",
+            q.top_routes_sql(win, limit),
+            shape,
+            win=win,
+            rollup=Rollup(keep=("route",)),
         )
         return out
 
@@ -289,7 +313,7 @@ def api_router(
             return {**_range(win), "codes": codes}
 
         out: m.StatusCodesResponse = answer(
-            "dashboard_status_codes", q.status_codes_sql(win), shape
+            "dashboard_status_codes", q.status_codes_sql(win), shape, win=win
         )
         return out
 
@@ -313,7 +337,7 @@ def api_router(
             days = [day(row, row["day"]) for row in rows]
             return {**_range(win), "days": days, "total": day(total, win.start)}
 
-        out: m.VisitorsResponse = answer("dashboard_visitors", q.visitors_sql(win), shape)
+        out: m.VisitorsResponse = answer("dashboard_visitors", q.visitors_sql(win), shape, win=win)
         return out
 
     @router.get("/v1/dashboard/log_levels", summary="Log records by service and level")
@@ -326,7 +350,9 @@ def api_router(
         def shape(r: QueryResult) -> dict[str, Any]:
             return {**_range(win), "view": "log_records_minute", "rows": r.table.to_pylist()}
 
-        out: m.LogLevelsResponse = answer("dashboard_log_levels", q.log_levels_sql(win), shape)
+        out: m.LogLevelsResponse = answer(
+            "dashboard_log_levels", q.log_levels_sql(win), shape, win=win
+        )
         return out
 
     return router

@@ -26,14 +26,14 @@ from dataclasses import dataclass
 from typing import Final
 
 import duckdb
-import pyarrow as pa
-from duckdb.func import ARROW
+from duckdb.func import ARROW, SPECIAL
 
 from loglambda.core.sketches import (
     DUCKDB_HISTOGRAM_TYPE,
-    histograms_from_buckets,
+    bucket_key_sql,
     register_sketch_functions,
 )
+from loglambda.serving.histogram_udfs import histogram_sum_udf, merged_quantile_udf
 
 __all__ = ["HELPERS", "Helper", "helpers_text", "register_sql_functions"]
 
@@ -116,33 +116,46 @@ _MACROS: Final[dict[str, tuple[str, str]]] = {
     # flatten(list(h)) is every (key, count) entry of the group; histogram_sum adds
     # entries of equal keys and sorts them, which ddsketch_quantile's walk needs.
     "histogram_merge": ("histogram", "histogram_sum(flatten(list(histogram)))"),
-    "merged_quantile": ("histogram, q", "ddsketch_quantile(histogram_merge(histogram), q)"),
+    # = ddsketch_quantile(histogram_merge(histogram), q), in one Python call
+    # (serving.histogram_udfs: the same answer without the merged histogram's trips).
+    "merged_quantile": ("histogram, q", "histogram_list_quantile(list(histogram), q)"),
 }
 
 
-def _udf_histogram_sum(entries: pa.ChunkedArray) -> pa.Array:
-    result: pa.Array = histograms_from_buckets(entries)
-    return result
-
-
-def register_sql_functions(con: duckdb.DuckDBPyConnection) -> None:
+def register_sql_functions(con: duckdb.DuckDBPyConnection, *, temporary: bool = True) -> None:
     """Register the sketch scalars and the merging helpers on ``con``.
 
     Must run before the connection's configuration is locked (the macros are created
-    with SQL). Registering twice replaces the earlier definitions.
+    with SQL). Registering twice replaces the earlier definitions. ``temporary=False``
+    puts the macros in the database's catalog, where every connection of it
+    (``cursor()``) finds them; the Python functions are the database's either way.
     """
     register_sketch_functions(con)
     with contextlib.suppress(duckdb.InvalidInputException):
         con.remove_function("histogram_sum")
     con.create_function(
         "histogram_sum",
-        _udf_histogram_sum,
+        histogram_sum_udf,
         [DUCKDB_HISTOGRAM_TYPE],
         DUCKDB_HISTOGRAM_TYPE,
         type=ARROW,
     )
+    with contextlib.suppress(duckdb.InvalidInputException):
+        con.remove_function("histogram_list_quantile")
+    con.create_function(
+        "histogram_list_quantile",
+        merged_quantile_udf,
+        [f"{DUCKDB_HISTOGRAM_TYPE}[]", "DOUBLE"],
+        "DOUBLE",
+        type=ARROW,
+        # NULL for an empty group or q outside [0, 1], which DEFAULT forbids.
+        null_handling=SPECIAL,
+    )
+    temp = "TEMP " if temporary else ""
+    if not temporary:  # register_sketch_functions made this one TEMP
+        con.execute(f"CREATE OR REPLACE MACRO ddsketch_key(x) AS {bucket_key_sql('x')}")
     for name, (params, body) in _MACROS.items():
-        con.execute(f"CREATE OR REPLACE TEMP MACRO {name}({params}) AS {body}")
+        con.execute(f"CREATE OR REPLACE {temp}MACRO {name}({params}) AS {body}")
 
 
 def helpers_text() -> str:
