@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import logging
-import signal
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Iterable
 from pathlib import Path
-from types import FrameType
-from typing import Any
 
 import click
 import pyarrow as pa
 
+from loglambda.core.cli_options import HOME_OPTION, env_option, stop_on_signals
 from loglambda.core.config import Settings
 from loglambda.core.eventlog import open_event_log
 from loglambda.core.metrics import ProcessStats
@@ -71,37 +69,31 @@ def make_engine(
     raise click.BadParameter(f"unknown speed engine {name!r}; use beam or duckdb")
 
 
-def _opt(name: str, env: str, **kw: Any) -> Callable[[Any], Any]:
-    """A flag backed by the env var ``LOGLAMBDA_<env>``."""
-    return click.option(name, envvar=f"LOGLAMBDA_{env}", show_envvar=True, **kw)
+def _p50_p99(values: Iterable[float]) -> tuple[float, float]:
+    """Nearest-rank (rounded up) percentiles, so the p99 of two values is the larger."""
+    ordered = sorted(values)
+    return ordered[(len(ordered) - 1) // 2], ordered[-(-99 * len(ordered) // 100) - 1]
 
 
 @click.command("speed")
-@_opt("--once", "SPEED_ONCE", is_flag=True, help="Process what is appended now, then exit.")
-@_opt("--engine", "SPEED_ENGINE", type=click.Choice(["beam", "duckdb"]), default="beam")
-@_opt(
+@env_option("--once", "SPEED_ONCE", is_flag=True, help="Process what is appended now, then exit.")
+@env_option("--engine", "SPEED_ENGINE", type=click.Choice(["beam", "duckdb"]), default="beam")
+@env_option(
     "--max-events",
     "SPEED_MAX_EVENTS",
     type=click.IntRange(min=1),
     default=DEFAULT_MAX_EVENTS,
     help="Largest slice (slices are whatever arrived since the last one, up to this).",
 )
-@_opt("--poll", "SPEED_POLL", type=click.FloatRange(min=0.005), default=0.05, help="Seconds.")
-@_opt(
+@env_option("--poll", "SPEED_POLL", type=click.FloatRange(min=0.005), default=0.05, help="Seconds.")
+@env_option(
     "--threads",
     "SPEED_THREADS",
     type=click.IntRange(min=1),
     default=DEFAULT_THREADS,
     help="DuckDB threads per slice (the log is decoded on one more while catching up).",
 )
-@click.option(
-    "--home",
-    envvar="LOGLAMBDA_HOME",
-    show_envvar=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Data directory (default ./loglambda-data).",
-)
+@HOME_OPTION
 def speed_cmd(
     once: bool, engine: str, max_events: int, poll: float, threads: int, home: Path | None
 ) -> None:
@@ -121,28 +113,20 @@ def speed_cmd(
     stats = ProcessStats(settings.home, "speed")
     recent: deque[float] = deque(maxlen=200)
     fresh: deque[float] = deque(maxlen=200)
-    stopping: list[int] = []
-
-    def stop(signum: int, _frame: FrameType | None) -> None:
-        stopping.append(signum)
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
 
     def on_slice(done: SliceDone) -> None:
         recent.append(done.seconds)
         if done.freshness_s is not None:
             # The slice's oldest event: its worst-case append -> durable time.
             fresh.append(done.freshness_s[0])
-            by_age = sorted(fresh)
-            stats.set("freshness_s_p50", round(by_age[(len(by_age) - 1) // 2], 3))
-            stats.set("freshness_s_p99", round(by_age[-(-99 * len(by_age) // 100) - 1], 3))
+            p50, p99 = _p50_p99(fresh)
+            stats.set("freshness_s_p50", round(p50, 3))
+            stats.set("freshness_s_p99", round(p99, 3))
         stats.add("events", done.events)
         stats.add("slices")
-        ordered = sorted(recent)
-        # Nearest rank (rounded up), so that p99 of two slices is the slower one.
-        stats.set("slice_ms_p50", round(1000 * ordered[(len(ordered) - 1) // 2], 1))
-        stats.set("slice_ms_p99", round(1000 * ordered[-(-99 * len(ordered) // 100) - 1], 1))
+        p50, p99 = _p50_p99(recent)
+        stats.set("slice_ms_p50", round(1000 * p50, 1))
+        stats.set("slice_ms_p99", round(1000 * p99, 1))
         stats.set("lag", {done.partition: done.lag})
         stats.set("positions", driver.state.positions)
         stats.flush()
@@ -154,7 +138,7 @@ def speed_cmd(
             )
 
     try:
-        with driver.session():
+        with driver.session(), stop_on_signals() as should_stop:
             stats.flush(force=True)
             t0 = time.monotonic()
             if once:
@@ -164,7 +148,7 @@ def speed_cmd(
                 click.echo(f"speed driver ({engine}) following {settings.home}", err=True)
                 driver.run(
                     poll_s=poll,
-                    should_stop=lambda: bool(stopping),
+                    should_stop=should_stop,
                     on_slice=on_slice,
                     on_idle=stats.flush,
                 )
