@@ -26,11 +26,10 @@ import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.json as pa_json
 
 from loglambda.core.lines import DEFAULT_MAX_LINE_BYTES, LineBlock, split_block
 from loglambda.core.quarantine import RejectBuilder
-from loglambda.ingest.events_json import LENIENT_TOKENS, joined_lines
+from loglambda.ingest.events_json import read_json_lines
 
 LINE_KEYS: Final = ("message", "log")
 _SCHEMA: Final = pa.schema([pa.field(key, pa.string()) for key in LINE_KEYS])
@@ -103,24 +102,9 @@ def _size(values: pa.Array) -> pa.Array:
 def _fast(lines: pa.StringArray) -> pa.Array:
     """The carried line of every record in one ``pyarrow.json`` read; all null when the
     body needs the row path (a bad record anywhere makes pyarrow refuse it whole)."""
-    nothing = pa.nulls(len(lines), pa.string())
-    buf = joined_lines(lines)
-    if any(token in buf for token in LENIENT_TOKENS):
-        return nothing
-    try:
-        table = pa_json.read_json(
-            pa.BufferReader(buf),
-            read_options=pa_json.ReadOptions(
-                use_threads=len(buf) > (4 << 20), block_size=max(1 << 20, len(buf) + 1)
-            ),
-            parse_options=pa_json.ParseOptions(
-                explicit_schema=_SCHEMA, unexpected_field_behavior="ignore"
-            ),
-        ).combine_chunks()
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        return nothing
-    if table.num_rows != len(lines):
-        return nothing
+    table = read_json_lines(lines, _SCHEMA)
+    if table is None:
+        return pa.nulls(len(lines), pa.string())
     return pc.coalesce(*(table.column(key).chunk(0) for key in LINE_KEYS))
 
 

@@ -225,9 +225,6 @@ Mask = npt.NDArray[np.bool_]
 def _fast_path(lines: pa.StringArray, kind: Kind) -> tuple[pa.Table, Mask] | None:
     """Rows the vectorised path converts exactly (as a table) and the mask of them;
     None when the whole body must take the row path."""
-    buf = joined_lines(lines)
-    if any(token in buf for token in LENIENT_TOKENS):
-        return None
     ts_type = _ts_json_type(lines[0].as_py())
     if ts_type is None:
         return None
@@ -237,19 +234,8 @@ def _fast_path(lines: pa.StringArray, kind: Kind) -> tuple[pa.Table, Mask] | Non
     json_schema = pa.schema(
         pa.field(f.name, ts_type if f.name == "ts" else _wide(f.type)) for f in body
     )
-    try:
-        table = pa_json.read_json(
-            pa.BufferReader(buf),
-            read_options=pa_json.ReadOptions(
-                use_threads=len(buf) > (4 << 20), block_size=max(1 << 20, len(buf) + 1)
-            ),
-            parse_options=pa_json.ParseOptions(
-                explicit_schema=json_schema, unexpected_field_behavior="ignore"
-            ),
-        ).combine_chunks()
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        return None
-    if table.num_rows != len(lines):  # whitespace-only or multi-object lines
+    table = read_json_lines(lines, json_schema)
+    if table is None:
         return None
     micros, ok = _ts_micros(table.column("ts").chunk(0) if table.num_rows else pa.array([]))
     columns: dict[str, pa.Array] = {
@@ -284,6 +270,29 @@ def _wide(t: pa.DataType) -> pa.DataType:
 def _mask(values: pa.Array) -> Mask:
     """A boolean Arrow array as numpy, null counting as failed."""
     return np.asarray(pc.fill_null(values, False).to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def read_json_lines(lines: pa.StringArray, schema: pa.Schema) -> pa.Table | None:
+    """Every line as one record of ``schema`` (unknown keys ignored), in one vectorised
+    read; None when the body must take the row path: a token pyarrow would read
+    leniently (NaN, Inf), a record it refuses (it then refuses the whole body), or a
+    whitespace-only or multi-object line (the row count would not match)."""
+    buf = joined_lines(lines)
+    if any(token in buf for token in LENIENT_TOKENS):
+        return None
+    try:
+        table = pa_json.read_json(
+            pa.BufferReader(buf),
+            read_options=pa_json.ReadOptions(
+                use_threads=len(buf) > (4 << 20), block_size=max(1 << 20, len(buf) + 1)
+            ),
+            parse_options=pa_json.ParseOptions(
+                explicit_schema=schema, unexpected_field_behavior="ignore"
+            ),
+        ).combine_chunks()
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
+    return table if table.num_rows == len(lines) else None
 
 
 def joined_lines(lines: pa.StringArray) -> bytes:
