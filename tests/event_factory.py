@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from typing import Any
+
 import pyarrow as pa
 
 from loglambda.core.schemas import LOGS_SCHEMA, TRAFFIC_SCHEMA
 
+AWKWARD_T0 = datetime(2026, 11, 27, 12, 0, 0, 123456, tzinfo=UTC)
 T0_US = 1_795_000_000_000_000  # 2026-11-18T...Z: an arbitrary fixed instant
 
 
@@ -58,3 +62,49 @@ def log_events(n: int, *, first: int = 0, source: str = "app") -> pa.Table:
         },
         schema=LOGS_SCHEMA,
     )
+
+
+def awkward_traffic(n: int, source: str = "test", first: int = 0) -> pa.Table:
+    """Traffic events with every awkward value the JSON round trip must preserve."""
+    rows: list[dict[str, Any]] = [
+        {
+            "ts": datetime.fromtimestamp(AWKWARD_T0.timestamp() + i, UTC).replace(
+                microsecond=(123456 + i) % 1_000_000
+            ),
+            "host": None if i % 3 == 0 else f"host-{i % 2}",
+            "client_ip": f"10.0.{i % 256}.1",
+            "method": "GET",
+            "path": f'/p/"quoted"\n\tline {i} — ünïcødé ✓ 😀',
+            "query": None,
+            "protocol": "HTTP/1.1",
+            "status": [200, 404, 503, -1][i % 4],
+            "bytes": 2**62 + i,
+            "latency_ms": None if i % 5 == 0 else i / 7,
+            "referrer": "" if i % 2 else "\\back\\slash",
+            "user_agent": "Mozilla/5.0 (X11; Linux) \x01",
+            "source": source,
+            "source_line": i,
+            "source_offset": i * 100,
+        }
+        for i in range(first, first + n)
+    ]
+    return pa.Table.from_pylist(rows, schema=TRAFFIC_SCHEMA)
+
+
+def awkward_logs(n: int) -> pa.Table:
+    rows = [
+        {
+            "ts": AWKWARD_T0,
+            "service": "api" if i % 2 else None,
+            "level": "error",
+            "logger": "a.b",
+            "message": 'multi\nline "message" \u2028 日本語',
+            "trace_id": None,
+            "attrs": '{"k": [1, 2, {"x": null}]}',
+            "source": "app.log",
+            "source_line": i + 1,
+            "source_offset": 0,
+        }
+        for i in range(n)
+    ]
+    return pa.Table.from_pylist(rows, schema=LOGS_SCHEMA)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 import multiprocessing
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,57 +17,11 @@ import pytest
 
 from loglambda.core.eventlog import EventLog, OffsetOutOfRange, OffsetRange
 from loglambda.core.eventlog_local import LocalEventLog, read_index
-from loglambda.core.schemas import LOGS_SCHEMA, TRAFFIC_SCHEMA
+from loglambda.core.schemas import TRAFFIC_SCHEMA
+from tests.event_factory import awkward_logs as logs
+from tests.event_factory import awkward_traffic as traffic
 
 pytestmark = pytest.mark.unit
-
-T0 = datetime(2026, 11, 27, 12, 0, 0, 123456, tzinfo=UTC)
-
-
-def traffic(n: int, source: str = "test", first: int = 0) -> pa.Table:
-    rows: list[dict[str, Any]] = []
-    for i in range(first, first + n):
-        rows.append(
-            {
-                "ts": datetime.fromtimestamp(T0.timestamp() + i, UTC).replace(
-                    microsecond=(123456 + i) % 1_000_000
-                ),
-                "host": None if i % 3 == 0 else f"host-{i % 2}",
-                "client_ip": f"10.0.{i % 256}.1",
-                "method": "GET",
-                "path": f'/p/"quoted"\n\tline {i} — ünïcødé ✓ 😀',
-                "query": None,
-                "protocol": "HTTP/1.1",
-                "status": [200, 404, 503, -1][i % 4],
-                "bytes": 2**62 + i,
-                "latency_ms": None if i % 5 == 0 else i / 7,
-                "referrer": "" if i % 2 else "\\back\\slash",
-                "user_agent": "Mozilla/5.0 (X11; Linux) \x01",
-                "source": source,
-                "source_line": i,
-                "source_offset": i * 100,
-            }
-        )
-    return pa.Table.from_pylist(rows, schema=TRAFFIC_SCHEMA)
-
-
-def logs(n: int) -> pa.Table:
-    rows = [
-        {
-            "ts": T0,
-            "service": "api" if i % 2 else None,
-            "level": "error",
-            "logger": "a.b",
-            "message": 'multi\nline "message" \u2028 日本語',
-            "trace_id": None,
-            "attrs": '{"k": [1, 2, {"x": null}]}',
-            "source": "app.log",
-            "source_line": i + 1,
-            "source_offset": 0,
-        }
-        for i in range(n)
-    ]
-    return pa.Table.from_pylist(rows, schema=LOGS_SCHEMA)
 
 
 def test_round_trip_preserves_every_value_and_type(tmp_path: Path) -> None:
