@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -20,15 +20,19 @@ from loglambda.core.cli_options import HOME_OPTION
 from loglambda.core.config import Settings
 from loglambda.core.schemas import KINDS
 
+if TYPE_CHECKING:
+    from loglambda.core.eventlog import EventLog
 
-def collect_status(settings: Settings) -> dict[str, Any]:
-    """Everything ``status`` shows, as plain JSON-able data."""
+
+def collect_status(settings: Settings, log: EventLog | None = None) -> dict[str, Any]:
+    """Everything ``status`` shows, as plain JSON-able data. ``log``: an open event log
+    to reuse (the HTTP app's, so a scrape does not open a Kafka client each time)."""
     from loglambda.batch.master import MasterDataset
     from loglambda.batch.versions import VersionStore
     from loglambda.core.eventlog import open_event_log
     from loglambda.core.metrics import read_stats
 
-    log = open_event_log(settings)
+    log = log if log is not None else open_event_log(settings)
     consumers = log.consumers()
     current = VersionStore(settings.home).current()
     horizon = current.horizon.offsets if current else {}
@@ -54,7 +58,10 @@ def collect_status(settings: Settings) -> dict[str, Any]:
             )
     snapshot = MasterDataset(settings.home).snapshot()
     now = time.time()
-    speed = _speed_status(settings, {p["partition"]: p["end_offset"] for p in partitions}, now)
+    beats = read_stats(settings.home)
+    speed_beat = next((p.doc for p in beats if p.name == "speed"), {})
+    ends = {p["partition"]: p["end_offset"] for p in partitions}
+    speed = _speed_status(settings, ends, speed_beat, now)
     processes = [
         {
             "name": p.name,
@@ -65,7 +72,7 @@ def collect_status(settings: Settings) -> dict[str, Any]:
             "rates_per_s": p.doc.get("rates_per_s", {}),
             "counters": p.doc.get("counters", {}),
         }
-        for p in read_stats(settings.home)
+        for p in beats
     ]
     return {
         "home": str(settings.home),
@@ -86,13 +93,14 @@ def collect_status(settings: Settings) -> dict[str, Any]:
     }
 
 
-def _speed_status(settings: Settings, ends: dict[str, int], now: float) -> dict[str, Any]:
-    """The realtime store as serving sees it: positions, lag, partials, freshness."""
-    from loglambda.core.metrics import read_stats
+def _speed_status(
+    settings: Settings, ends: dict[str, int], beat: dict[str, Any], now: float
+) -> dict[str, Any]:
+    """The realtime store as serving sees it: positions, lag, partials, and freshness
+    from the driver's heartbeat ``beat``."""
     from loglambda.speed.store import RealtimeStore
 
     state = RealtimeStore(settings.home).state()
-    beat = next((p.doc for p in read_stats(settings.home) if p.name == "speed"), {})
     return {
         "generation": state.generation,
         "batch_version": state.batch_version,

@@ -132,7 +132,7 @@ class StateCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         from loglambda.core.status import collect_status
 
-        status = collect_status(self.settings)
+        status = collect_status(self.settings, self.log)
         yield from self._log_metrics(status)
         yield from self._process_metrics(status["processes"])
         yield from self._serving_metrics()
