@@ -50,6 +50,54 @@ class LineBlock:
         return len(self.lines)
 
 
+@dataclass(frozen=True)
+class RawBlock:
+    """Complete lines of one source region, not yet split.
+
+    Parsers with a native scanner (``AccessLogParser.parse_raw``) take these whole,
+    so splitting and parsing happen in one pass on a worker thread; everyone else
+    calls ``split()``.
+    """
+
+    source: str
+    # Complete lines; only the last block of a source may lack a newline. A
+    # memoryview when the block is a window on a memory-mapped file.
+    data: bytes | memoryview
+    base_offset: int
+    base_line: int
+    read: int  # lines in ``data``, as ``split()`` counts them
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+
+    def split(self) -> LineBlock:
+        return split_block(
+            bytes(self.data),
+            source=self.source,
+            base_offset=self.base_offset,
+            base_line=self.base_line,
+            max_line_bytes=self.max_line_bytes,
+        )
+
+
+def count_lines(data: bytes | memoryview) -> int:
+    """Lines in ``data`` as ``split_block`` counts them (a final line needs no newline)."""
+    if not data:
+        return 0
+    if isinstance(data, bytes):
+        newlines = data.count(b"\n")
+    else:
+        # In slices: numpy asks for huge pages for temporaries of 4 MiB and more, and
+        # faulting those in costs more than the count.
+        raw = np.frombuffer(data, dtype=np.uint8)
+        newlines = sum(
+            int(np.count_nonzero(raw[i : i + _COUNT_SLICE] == 10))
+            for i in range(0, len(raw), _COUNT_SLICE)
+        )
+    return newlines + (0 if data[-1] == 10 else 1)
+
+
+_COUNT_SLICE: Final = 1 << 20
+
+
 def split_block(
     data: bytes,
     *,
@@ -57,8 +105,14 @@ def split_block(
     base_offset: int,
     base_line: int,
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+    positions: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> LineBlock:
-    """Split ``data`` (complete lines; the last may lack its newline) into a LineBlock."""
+    """Split ``data`` (complete lines; the last may lack its newline) into a LineBlock.
+
+    ``positions`` (line numbers, byte offsets), one pair per line of ``data``, places
+    lines that were gathered from elsewhere in a source; then ``base_offset`` and
+    ``base_line`` are ignored.
+    """
     rejects = RejectBuilder(source)
     if not data:
         empty_i64 = pa.array([], pa.int64())
@@ -82,6 +136,12 @@ def split_block(
     bad = np.zeros(n, dtype=bool)
     lengths = ends - starts
     line_index = np.arange(n, dtype=np.int64)
+    if positions is None:
+        line_nos, line_offsets = base_line + line_index, base_offset + starts
+    else:
+        line_nos, line_offsets = positions
+        if len(line_nos) != n or len(line_offsets) != n:
+            raise ValueError(f"positions for {len(line_nos)} lines, data has {n}")
 
     def reject(rows: np.ndarray, reason: str, detail: str) -> None:
         for i in rows.tolist():
@@ -89,8 +149,8 @@ def split_block(
                 continue
             bad[i] = True
             rejects.add(
-                line=base_line + i,
-                offset=base_offset + int(starts[i]),
+                line=int(line_nos[i]),
+                offset=int(line_offsets[i]),
                 reason=reason,
                 detail=detail,
                 raw=data[starts[i] : ends[i]],
@@ -122,8 +182,8 @@ def split_block(
     return LineBlock(
         source=source,
         lines=lines,
-        line_no=pa.array(base_line + keep, pa.int64()),
-        offset=pa.array(base_offset + starts[keep], pa.int64()),
+        line_no=pa.array(line_nos[keep], pa.int64()),
+        offset=pa.array(line_offsets[keep], pa.int64()),
         rejects=rejects,
         read=n,
     )
@@ -169,17 +229,44 @@ def iter_blocks(
     With ``final_partial=False`` (tailing a growing file) a last line without its newline
     is left unread, to be picked up once the writer finishes it.
     """
+    for block, end in iter_raw_blocks(
+        stream,
+        source=source,
+        block_bytes=block_bytes,
+        max_line_bytes=max_line_bytes,
+        start_offset=start_offset,
+        start_line=start_line,
+        final_partial=final_partial,
+    ):
+        yield (block.split() if isinstance(block, RawBlock) else block), end
+
+
+def iter_raw_blocks(
+    stream: ByteSource,
+    *,
+    source: str,
+    block_bytes: int = DEFAULT_BLOCK_BYTES,
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+    start_offset: int = 0,
+    start_line: int = 1,
+    final_partial: bool = True,
+) -> Iterator[tuple[RawBlock | LineBlock, int]]:
+    """``iter_blocks`` without the split: lines arrive as ``RawBlock``s.
+
+    A line longer than a whole block never reaches a parser: it arrives already
+    quarantined, as a ``LineBlock`` holding only that reject.
+    """
     offset, line = start_offset, start_line
     carry = b""
     # A line longer than any block is skipped to its newline and quarantined whole.
     oversize: tuple[int, int, bytes] | None = None  # (offset, length, head)
     while True:
-        chunk = stream.read(block_bytes)
-        eof = not chunk
-        if oversize is not None and chunk:
-            nl = chunk.find(b"\n")
+        data = _read_after(stream, carry, block_bytes)
+        eof = len(data) == len(carry)
+        if oversize is not None and not eof:
+            nl = bytes(data).find(b"\n")  # carry is empty while skipping: data is new
             if nl < 0:
-                oversize = (oversize[0], oversize[1] + len(chunk), oversize[2])
+                oversize = (oversize[0], oversize[1] + len(data), oversize[2])
                 continue
             rejects = RejectBuilder(source)
             total = oversize[1] + nl
@@ -195,8 +282,7 @@ def iter_blocks(
             offset = oversize[0] + total + 1
             line += 1
             yield LineBlock(source, pa.array([], pa.string()), empty, empty, rejects, 1), offset
-            oversize, chunk = None, chunk[nl + 1 :]
-        data = carry + chunk
+            oversize, data = None, data[nl + 1 :]
         if eof:
             if oversize is not None and final_partial:
                 rejects = RejectBuilder(source)
@@ -214,31 +300,53 @@ def iter_blocks(
                     oversize[0] + oversize[1],
                 )
             elif data and final_partial:
-                block = split_block(
-                    data,
-                    source=source,
-                    base_offset=offset,
-                    base_line=line,
-                    max_line_bytes=max_line_bytes,
-                )
-                yield block, offset + len(data)
+                raw = RawBlock(source, data, offset, line, count_lines(data), max_line_bytes)
+                yield raw, offset + len(data)
             return
-        cut = data.rfind(b"\n") + 1
+        cut = _rfind_newline(data) + 1
         if cut == 0:
             # +1: a CRLF line's \r is not part of its length.
             if len(data) > max(max_line_bytes, block_bytes) + 1:
-                oversize, carry = (offset, len(data), data[:4096]), b""
+                oversize, carry = (offset, len(data), bytes(data[:4096])), b""
             else:
-                carry = data
+                carry = bytes(data)
             continue
-        block = split_block(
-            data[:cut],
-            source=source,
-            base_offset=offset,
-            base_line=line,
-            max_line_bytes=max_line_bytes,
-        )
+        raw = RawBlock(source, data[:cut], offset, line, count_lines(data[:cut]), max_line_bytes)
         offset += cut
-        line += block.read
-        carry = data[cut:]
-        yield block, offset
+        line += raw.read
+        carry = bytes(data[cut:])
+        yield raw, offset
+
+
+def _read_after(stream: ByteSource, carry: bytes, n: int) -> bytes | memoryview:
+    """``carry`` followed by up to ``n`` more bytes of ``stream``, in one buffer.
+
+    A stream with ``readinto`` (files, gzip) reads straight into a buffer from Arrow's
+    memory pool, which reuses what earlier blocks freed. Then there is no concatenation
+    copy and no fresh pages to fault in; both together cost more than the read.
+    Only end of file returns nothing new.
+    """
+    readinto = getattr(stream, "readinto", None)
+    if readinto is None:
+        return carry + stream.read(n)
+    view = memoryview(pa.allocate_buffer(len(carry) + n)).cast("B")
+    view[: len(carry)] = carry
+    got = len(carry)
+    while got < len(view):
+        k = readinto(view[got:])
+        if not k:
+            break
+        got += k
+    return view[:got]
+
+
+def _rfind_newline(data: bytes | memoryview) -> int:
+    if isinstance(data, bytes):
+        return data.rfind(b"\n")
+    # A block's last newline is almost always within its last line or two.
+    tail = max(0, len(data) - (64 << 10))
+    i = bytes(data[tail:]).rfind(b"\n")
+    if i >= 0 or tail == 0:
+        return tail + i if i >= 0 else -1
+    hits = np.flatnonzero(np.frombuffer(data[:tail], dtype=np.uint8) == 10)
+    return int(hits[-1]) if len(hits) else -1

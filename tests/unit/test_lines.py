@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import io
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from loglambda.core.lines import LineBlock, iter_blocks, split_block
+from loglambda.core.lines import (
+    LineBlock,
+    RawBlock,
+    count_lines,
+    iter_blocks,
+    iter_raw_blocks,
+    split_block,
+)
 from loglambda.core.quarantine import RAW_LIMIT
 
 pytestmark = pytest.mark.unit
@@ -307,3 +315,74 @@ def test_crlf_line_at_the_size_limit_does_not_depend_on_read_size(block_bytes: i
     blocks = _blocks(data, block_bytes=block_bytes, max_line_bytes=8)
     assert _all_rejects(blocks) == []
     assert _all_lines(blocks) == [(1, 0, "x" * 8), (2, 10, "ok")]
+
+
+# --- raw blocks: the importer's zero-copy reads ---------------------------------------
+
+
+class _ReadOnly:
+    """A stream without ``readinto``: iter_raw_blocks falls back to read + concatenate."""
+
+    def __init__(self, data: bytes) -> None:
+        self._io = io.BytesIO(data)
+
+    def read(self, n: int = -1) -> bytes:
+        return self._io.read(n)
+
+
+def _raw_lines(stream: object, **kw: int) -> list[tuple[object, ...]]:
+    out: list[tuple[object, ...]] = []
+    for block, end in iter_raw_blocks(stream, source="src.log", **kw):  # type: ignore[arg-type]
+        lb = block.split() if isinstance(block, RawBlock) else block
+        out.append((end, block.read, tuple(_block_lines(lb)), tuple(map(str, _rejects(lb)))))
+    return out
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=_DATA, block_bytes=st.integers(1, 64), max_line_bytes=st.integers(1, 48))
+def test_readinto_and_read_streams_give_the_same_blocks(
+    data: bytes, block_bytes: int, max_line_bytes: int
+) -> None:
+    """Files (readinto into pooled buffers) and plain read() streams cut the same blocks."""
+    kw = {"block_bytes": block_bytes, "max_line_bytes": max_line_bytes}
+    assert _raw_lines(io.BytesIO(data), **kw) == _raw_lines(_ReadOnly(data), **kw)
+
+
+@given(data=_DATA)
+def test_count_lines_agrees_with_split_for_bytes_and_views(data: bytes) -> None:
+    n = _split(data).read
+    assert count_lines(data) == n
+    assert count_lines(memoryview(data)) == n
+
+
+def test_count_lines_on_a_view_larger_than_one_counting_slice() -> None:
+    data = b"x" * ((1 << 20) - 1) + b"\n" + b"y\n" * 1000 + b"tail"
+    assert count_lines(memoryview(data)) == 1002 == count_lines(data)
+
+
+def test_split_block_places_gathered_lines_at_their_own_positions() -> None:
+    gathered = b"GET /a\n\nbad\xff\n"
+    block = split_block(
+        gathered,
+        source="src.log",
+        base_offset=0,
+        base_line=1,
+        positions=(np.array([7, 9, 12]), np.array([700, 900, 1200])),
+    )
+    assert block.line_no.to_pylist() == [7]
+    assert block.offset.to_pylist() == [700]
+    assert [(r["source_line"], r["source_offset"], r["reason"]) for r in _rejects(block)] == [
+        (12, 1200, "invalid_utf8"),
+        (9, 900, "blank"),
+    ]
+
+
+def test_split_block_refuses_positions_for_the_wrong_number_of_lines() -> None:
+    with pytest.raises(ValueError, match="positions for 1 lines"):
+        split_block(
+            b"a\nb\n",
+            source="s",
+            base_offset=0,
+            base_line=1,
+            positions=(np.array([1]), np.array([0])),
+        )

@@ -10,7 +10,7 @@ from typing import Final
 
 from loglambda.core.lines import split_block
 from loglambda.core.parsers.access import COMBINED, COMMON, VCOMBINED
-from loglambda.core.parsers.base import Parsed, Parser
+from loglambda.core.parsers.base import Parsed, Parser, RawParser
 from loglambda.core.parsers.jsonlogs import JSON_LOGS
 from loglambda.core.parsers.nginx_json import NGINX_JSON
 from loglambda.core.parsers.plainlogs import APACHE_ERROR, PYTHON_LOGGING
@@ -30,7 +30,15 @@ PARSERS: Final[dict[str, Parser]] = {
     )
 }
 
-__all__ = ["PARSERS", "Detection", "Parsed", "Parser", "detect_format", "get_parser"]
+__all__ = [
+    "PARSERS",
+    "Detection",
+    "Parsed",
+    "Parser",
+    "RawParser",
+    "detect_format",
+    "get_parser",
+]
 
 
 def get_parser(name: str) -> Parser:

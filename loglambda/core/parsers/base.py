@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from loglambda.core.lines import LineBlock
+from loglambda.core.lines import LineBlock, RawBlock
 from loglambda.core.quarantine import RejectBuilder
 from loglambda.core.schemas import Kind, schema_for
 
@@ -39,6 +39,16 @@ class Parser(Protocol):
     def kind(self) -> Kind: ...
 
     def parse(self, block: LineBlock) -> Parsed: ...
+
+
+@runtime_checkable
+class RawParser(Parser, Protocol):
+    """A parser that also takes unsplit blocks, splitting and parsing in one pass.
+
+    ``parse_raw(raw)`` must equal ``parse(raw.split())``; only the speed differs.
+    """
+
+    def parse_raw(self, raw: RawBlock) -> Parsed: ...
 
 
 class Reject(Exception):

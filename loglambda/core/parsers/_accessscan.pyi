@@ -1,0 +1,25 @@
+# Type stub of the C extension _accessscan.c (see access_fast.py for the buffers).
+from typing import Any
+
+import numpy as np
+
+Buffer = np.ndarray[Any, Any]
+
+def scan(
+    data: bytes,
+    fmt: int,
+    max_line_bytes: int,
+    cap: int,
+    rows: Buffer,
+    starts: Buffer,
+    ts: Buffer,
+    status: Buffer,
+    nbytes: Buffer,
+    latency: Buffer,
+    lat_valid: Buffer,
+    offsets: Buffer,
+    valid: Buffer,
+    strdata: Buffer,
+    slow: Buffer,
+    /,
+) -> tuple[int, int, int]: ...
