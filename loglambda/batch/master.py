@@ -23,28 +23,21 @@ import json
 import os
 import shutil
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from loglambda.batch.partition_writer import (
+    HourPiece,
+    PartitionWriter,
+    split_by_hour,
+)
 from loglambda.core.durable import fsync_tree, write_atomic
 from loglambda.core.quarantine import RejectBuilder
-from loglambda.core.schemas import KINDS, QUARANTINE_SCHEMA, Kind, schema_for
-
-US_PER_HOUR: Final = 3_600_000_000
-MAX_OPEN_WRITERS: Final = 64
-PARQUET_OPTIONS: Final[dict[str, Any]] = {
-    "compression": "zstd",
-    "compression_level": 1,
-    # Readers of other engines (Spark, DuckDB) read INT64 micros with UTC; never INT96.
-    "use_deprecated_int96_timestamps": False,
-    "coerce_timestamps": "us",
-}
+from loglambda.core.schemas import QUARANTINE_SCHEMA, Kind
 
 
 @dataclass(frozen=True)
@@ -126,8 +119,8 @@ class MasterDataset:
                 return entry
         return None
 
-    def stage(self, batch_id: str) -> StagedBatch:
-        return StagedBatch(self, batch_id)
+    def stage(self, batch_id: str, *, writer_threads: int = 1) -> StagedBatch:
+        return StagedBatch(self, batch_id, writer_threads)
 
     def recover(self) -> list[str]:
         """Finish or discard batches a crash interrupted; return what was done.
@@ -158,23 +151,13 @@ class MasterDataset:
 
 
 @dataclass
-class _Part:
-    writer: pq.ParquetWriter
-    rel: str
-    rows: int = 0
-    min_ts: int = 2**63 - 1
-    max_ts: int = -(2**63)
-
-
-@dataclass
 class StagedBatch:
     """Files of one batch being written; invisible until ``commit``."""
 
     master: MasterDataset
     batch_id: str
-    _open: OrderedDict[tuple[Kind, int], _Part] = field(default_factory=OrderedDict)
-    _done: list[_Part] = field(default_factory=list)
-    _parts_per_key: dict[tuple[Kind, int], int] = field(default_factory=dict)
+    # Parquet writer threads (see partition_writer); 1 writes on the caller's thread.
+    writer_threads: int = 1
     _rejects: list[pa.Table] = field(default_factory=list)
     # Set once the manifest entry is linked: from then on the staged files are the
     # batch's only copy and must never be deleted, only moved into place.
@@ -193,60 +176,26 @@ class StagedBatch:
         # A leftover from a crashed attempt at the same batch is garbage: start clean.
         shutil.rmtree(self.dir, ignore_errors=True)
         self.dir.mkdir(parents=True)
+        self._files = PartitionWriter(
+            self.dir / "master", self.batch_id, threads=self.writer_threads
+        )
 
     def write(self, kind: Kind, table: pa.Table) -> None:
         """Append events, routed to their date/hour partition by event time."""
-        if table.num_rows == 0:
-            return
-        ts = table.column("ts").combine_chunks().cast(pa.int64()).to_numpy()
-        hours = ts // US_PER_HOUR
-        order = np.argsort(hours, kind="stable")
-        sorted_hours = hours[order]
-        bounds = np.flatnonzero(np.diff(sorted_hours)) + 1
-        for idx in np.split(order, bounds):
-            hour = int(hours[idx[0]])
-            part = self._part(kind, hour)
-            piece = table.take(pa.array(idx))
-            part.writer.write_table(piece)
-            part.rows += len(idx)
-            part.min_ts = min(part.min_ts, int(ts[idx].min()))
-            part.max_ts = max(part.max_ts, int(ts[idx].max()))
+        self._files.write(kind, split_by_hour(table))
+
+    def write_pieces(self, kind: Kind, pieces: list[HourPiece]) -> None:
+        """Append events a worker already split with ``split_by_hour``."""
+        self._files.write(kind, pieces)
 
     def quarantine(self, rejects: RejectBuilder, fmt: str) -> None:
         if len(rejects):
             self._rejects.append(rejects.to_table(fmt))
 
-    def _part(self, kind: Kind, hour: int) -> _Part:
-        key = (kind, hour)
-        part = self._open.get(key)
-        if part is not None:
-            self._open.move_to_end(key)
-            return part
-        if len(self._open) >= MAX_OPEN_WRITERS:
-            _, evicted = self._open.popitem(last=False)
-            evicted.writer.close()
-            self._done.append(evicted)
-        n = self._parts_per_key.get(key, 0)
-        self._parts_per_key[key] = n + 1
-        stamp = time.gmtime(hour * 3600)
-        rel = (
-            f"{kind}/date={time.strftime('%Y-%m-%d', stamp)}/hour={stamp.tm_hour:02d}/"
-            f"{self.batch_id}-{n:04d}.parquet"
-        )
-        path = self.dir / "master" / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        writer = pq.ParquetWriter(path, schema_for(kind), **PARQUET_OPTIONS)
-        part = _Part(writer, rel)
-        self._open[key] = part
-        return part
-
     def commit(self, origin: dict[str, Any], *, read: int) -> ManifestEntry:
         """Make the batch visible, atomically. Returns its manifest entry."""
         # Step 1: close every writer so all Parquet footers are written.
-        for part in self._open.values():
-            part.writer.close()
-            self._done.append(part)
-        self._open.clear()
+        parts = self._files.close()
         quarantined = sum(t.num_rows for t in self._rejects)
         qfile = None
         if self._rejects:
@@ -256,9 +205,7 @@ class StagedBatch:
             pq.write_table(pa.concat_tables(self._rejects).cast(QUARANTINE_SCHEMA), qpath)
         # Step 2: make the staged bytes durable before anything points at them.
         fsync_tree(self.dir)
-        files = tuple(
-            DataFile(p.rel, _kind_of(p.rel), p.rows, p.min_ts, p.max_ts) for p in self._done
-        )
+        files = tuple(DataFile(p.rel, p.kind, p.rows, p.min_ts, p.max_ts) for p in parts if p.rows)
         accepted = sum(f.rows for f in files)
         # Step 3: link the manifest entry; from this instant the batch is committed.
         entry = _link_entry(
@@ -291,10 +238,7 @@ class StagedBatch:
         """Discard an uncommitted batch; a committed one is left for recover()."""
         if self.committed or self._lock < 0:
             return
-        for part in self._open.values():
-            with contextlib.suppress(Exception):
-                part.writer.close()
-        self._open.clear()
+        self._files.abort()
         shutil.rmtree(self.dir, ignore_errors=True)
         _unlock(self._lock, self._lock_path)
         self._lock = -1
@@ -316,12 +260,6 @@ def _unlock(fd: int, path: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
     os.close(fd)
-
-
-def _kind_of(rel: str) -> Kind:
-    kind = rel.split("/", 1)[0]
-    assert kind in KINDS, rel
-    return kind  # type: ignore[return-value]
 
 
 def _link_entry(master: MasterDataset, make: Any) -> ManifestEntry:

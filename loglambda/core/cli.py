@@ -150,8 +150,13 @@ def generate_cmd(
 @HOME_OPTION
 def import_cmd(files: tuple[Path, ...], fmt: str, home: Path | None) -> None:
     """Bulk-import log files (plain or .gz) into the master dataset."""
+    from loglambda.batch import import_tuning
+
+    import_tuning.before_libraries_load()
     from loglambda.batch.importer import import_file, progress_wanted
     from loglambda.batch.master import MasterDataset
+
+    import_tuning.after_libraries_load()
 
     settings = Settings.load(home)
     master = MasterDataset(settings.home)

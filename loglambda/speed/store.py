@@ -35,7 +35,7 @@ from typing import Any, Final
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from loglambda.batch.master import PARQUET_OPTIONS
+from loglambda.batch.partition_writer import PARQUET_OPTIONS
 from loglambda.core.durable import fsync_path, fsync_tree, write_atomic
 
 STATE_FILE: Final = "STATE"
