@@ -8,7 +8,7 @@ DEMO := loglambda-data/samples
 
 .PHONY: venv demo test test-fast lint fmt bench-import bench-batch bench-ingest bench-speed bench-serving clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py loglambda/core/parsers/_accessscan.c
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'

@@ -26,7 +26,7 @@ from typing import BinaryIO, Final
 
 from loglambda.batch.master import MasterDataset
 from loglambda.batch.partition_writer import HourPiece, split_by_hour
-from loglambda.core.lines import ByteSource, LineBlock, RawBlock, iter_raw_blocks
+from loglambda.core.lines import BlockBuffers, ByteSource, LineBlock, RawBlock, iter_raw_blocks
 from loglambda.core.parsers import Parsed, Parser, RawParser, detect_format, get_parser
 
 SAMPLE_BYTES: Final = 64 << 10
@@ -203,16 +203,27 @@ def _parse_parallel(
     At most 2 × threads blocks are in flight, which bounds memory to a few blocks
     whatever the file size.
     """
+    buffers = BlockBuffers()
+    blocks = iter_raw_blocks(stream, source=source, block_bytes=BLOCK_BYTES, buffers=buffers)
     with ThreadPoolExecutor(PARSE_THREADS, thread_name_prefix="parse") as pool:
-        pending: deque[tuple[Future[tuple[Parsed, list[HourPiece]]], int]] = deque()
-        for block, _end in iter_raw_blocks(stream, source=source, block_bytes=BLOCK_BYTES):
-            pending.append((pool.submit(_parse_block, parser, block), block.read))
+        pending: deque[tuple[Future[tuple[Parsed, list[HourPiece]]], RawBlock | LineBlock]]
+        pending = deque()
+        for block, _end in blocks:
+            pending.append((pool.submit(_parse_block, parser, block), block))
             if len(pending) >= 2 * PARSE_THREADS:
-                fut, n = pending.popleft()
-                yield (*fut.result(), n)
+                yield _finished(pending.popleft(), buffers)
         while pending:
-            fut, n = pending.popleft()
-            yield (*fut.result(), n)
+            yield _finished(pending.popleft(), buffers)
+
+
+def _finished(
+    item: tuple[Future[tuple[Parsed, list[HourPiece]]], RawBlock | LineBlock],
+    buffers: BlockBuffers,
+) -> tuple[Parsed, list[HourPiece], int]:
+    fut, block = item
+    parsed, pieces = fut.result()
+    buffers.give(block)  # parsed: nothing reads the block's bytes any more
+    return parsed, pieces, block.read
 
 
 def _parse_block(parser: Parser, block: RawBlock | LineBlock) -> tuple[Parsed, list[HourPiece]]:

@@ -29,6 +29,8 @@ from loglambda.core.schemas import Kind, schema_for
 
 US_PER_HOUR: Final = 3_600_000_000
 MAX_OPEN_WRITERS: Final = 64  # per writer thread
+# Runs of one hour in a table beyond which split_by_hour copies rather than slices.
+MAX_RUNS: Final = 512
 # Pieces queued per writer thread before write() waits: bounds memory to a few blocks.
 QUEUE_PER_THREAD: Final = 3
 
@@ -94,15 +96,39 @@ class HourPiece:
 def split_by_hour(table: pa.Table) -> list[HourPiece]:
     """Split events by the hour of ``ts``, keeping input order within each hour.
 
-    Pure Arrow/numpy work that releases the GIL, so parser threads can do it.
+    A block of a real log is a few long runs of one hour, with the odd late line
+    between them. Each hour's piece is therefore made of zero-copy slices of its runs.
+    Only events that are scattered (more than ``MAX_RUNS`` runs) are gathered with a
+    copying ``take``.
     """
     if table.num_rows == 0:
         return []
     ts = table.column("ts").combine_chunks().cast(pa.int64()).to_numpy()
     hours = ts // US_PER_HOUR
-    first, last = int(hours.min()), int(hours.max())
-    if first == last:  # the usual case for a block of a time-ordered log
-        return [HourPiece(first, table, int(ts.min()), int(ts.max()))]
+    starts = np.concatenate(([0], np.flatnonzero(np.diff(hours)) + 1))
+    if len(starts) == 1:  # the usual case for a block of a time-ordered log
+        return [HourPiece(int(hours[0]), table, int(ts.min()), int(ts.max()))]
+    if len(starts) > MAX_RUNS:
+        return _gather_by_hour(table, ts, hours)
+    ends = np.append(starts[1:], len(ts))
+    run_min = np.minimum.reduceat(ts, starts)
+    run_max = np.maximum.reduceat(ts, starts)
+    pieces = []
+    for hour in np.unique(hours[starts]):
+        runs = np.flatnonzero(hours[starts] == hour)
+        slices = [table.slice(int(starts[r]), int(ends[r] - starts[r])) for r in runs]
+        pieces.append(
+            HourPiece(
+                int(hour),
+                slices[0] if len(slices) == 1 else pa.concat_tables(slices),
+                int(run_min[runs].min()),
+                int(run_max[runs].max()),
+            )
+        )
+    return pieces
+
+
+def _gather_by_hour(table: pa.Table, ts: np.ndarray, hours: np.ndarray) -> list[HourPiece]:
     order = np.argsort(hours, kind="stable")
     bounds = np.flatnonzero(np.diff(hours[order])) + 1
     pieces = []

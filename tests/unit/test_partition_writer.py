@@ -109,3 +109,17 @@ def test_master_files_read_back_the_same_in_duckdb(tmp_path: Path) -> None:
     ).fetchall()
     assert back == want
     assert pq.read_table(path).cast(TRAFFIC_SCHEMA).equals(table)
+
+
+def test_scattered_hours_are_gathered_like_runs_are_sliced(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    table = _events([0, 0, 1, 0, 2, 2, 1, 0] * 30)
+    sliced = split_by_hour(table)
+    monkeypatch.setattr("loglambda.batch.partition_writer.MAX_RUNS", 1)
+    gathered = split_by_hour(table)
+    assert [(p.hour, p.min_ts, p.max_ts) for p in sliced] == [
+        (p.hour, p.min_ts, p.max_ts) for p in gathered
+    ]
+    for a, b in zip(sliced, gathered, strict=True):
+        assert a.table.combine_chunks().equals(b.table.combine_chunks())

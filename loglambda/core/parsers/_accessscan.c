@@ -333,7 +333,7 @@ static int parse_line(const char *s, const char *end, int fmt, row_t *r, ts_cach
 
 typedef struct {
     Py_buffer rows, starts, ts, status, nbytes, latency, lat_valid, offsets, valid, strdata,
-        slow;
+        spans, slow;
 } outputs_t;
 
 /* Each output must be a writable buffer of at least its row capacity. */
@@ -351,13 +351,14 @@ static PyObject *scan(PyObject *self, PyObject *args) {
     Py_ssize_t max_line, cap;
     outputs_t o;
     (void)self;
-    if (!PyArg_ParseTuple(args, "y*inn" "w*w*w*w*w*w*w*w*w*w*w*", &data, &fmt, &max_line, &cap,
+    if (!PyArg_ParseTuple(args, "y*inn" "w*w*w*w*w*w*w*w*w*w*w*w*", &data, &fmt, &max_line, &cap,
                           &o.rows, &o.starts, &o.ts, &o.status, &o.nbytes, &o.latency,
-                          &o.lat_valid, &o.offsets, &o.valid, &o.strdata, &o.slow))
+                          &o.lat_valid, &o.offsets, &o.valid, &o.strdata, &o.spans,
+                          &o.slow))
         return NULL;
     Py_buffer *all[] = {&data,     &o.rows,      &o.starts,  &o.ts,    &o.status,
                         &o.nbytes, &o.latency,   &o.lat_valid, &o.offsets, &o.valid,
-                        &o.strdata, &o.slow};
+                        &o.strdata, &o.spans, &o.slow};
     const Py_ssize_t len = data.len;
     PyObject *result = NULL;
     if (fmt < FMT_COMBINED || fmt > FMT_VCOMBINED) {
@@ -375,7 +376,8 @@ static PyObject *scan(PyObject *self, PyObject *args) {
         !check_size(&o.lat_valid, "lat_valid", cap) ||
         !check_size(&o.offsets, "offsets", N_STR * (cap + 1) * 4) ||
         !check_size(&o.valid, "valid", N_STR * cap) ||
-        !check_size(&o.strdata, "strdata", N_STR * len) ||
+        !check_size(&o.strdata, "strdata", len) ||
+        !check_size(&o.spans, "spans", N_STR * cap * 4) ||
         !check_size(&o.slow, "slow", cap * 3 * 8))
         goto done;
 
@@ -385,7 +387,7 @@ static PyObject *scan(PyObject *self, PyObject *args) {
     int16_t *status = o.status.buf;
     double *latency = o.latency.buf;
     uint8_t *lat_valid = o.lat_valid.buf, *valid = o.valid.buf, *strdata = o.strdata.buf;
-    int32_t *offsets = o.offsets.buf;
+    int32_t *offsets = o.offsets.buf, *spans = o.spans.buf;
     Py_ssize_t pos = 0, line = 0, nfast = 0, nslow = 0, overflow = 0;
     int32_t used[N_STR] = {0};
     for (int k = 0; k < N_STR; k++) offsets[k * (cap + 1)] = 0;
@@ -413,7 +415,7 @@ static PyObject *scan(PyObject *self, PyObject *args) {
             for (int k = 0; k < N_STR; k++) {
                 const field_t *f = &r.s[k];
                 if (f->valid) {
-                    memcpy(strdata + k * len + used[k], f->p, (size_t)f->n);
+                    spans[k * cap + nfast] = (int32_t)(f->p - buf);
                     used[k] += (int32_t)f->n;
                 }
                 valid[k * cap + nfast] = (uint8_t)f->valid;
@@ -428,6 +430,19 @@ static PyObject *scan(PyObject *self, PyObject *args) {
         }
         line++;
         pos = nl ? e + 1 : len;
+    }
+    /* Second pass: each column's text, back to back in strdata. Their total is at most
+     * the block's size, and the pages touched are exactly the bytes used. */
+    Py_ssize_t region = 0;
+    for (int k = 0; k < N_STR && !overflow; k++) {
+        const int32_t *off = offsets + k * (cap + 1);
+        const int32_t *from = spans + k * cap;
+        uint8_t *to = strdata + region;
+        for (Py_ssize_t i = 0; i < nfast; i++) {
+            int32_t n = off[i + 1] - off[i];
+            if (n) memcpy(to + off[i], buf + from[i], (size_t)n);
+        }
+        region += used[k];
     }
     Py_END_ALLOW_THREADS
 
@@ -444,7 +459,7 @@ done:
 static PyMethodDef methods[] = {
     {"scan", scan, METH_VARARGS,
      "scan(data, fmt, max_line_bytes, cap, rows, starts, ts, status, nbytes, latency, "
-     "lat_valid, offsets, valid, strdata, slow) -> (lines, fast, slow)\n\n"
+     "lat_valid, offsets, valid, strdata, spans, slow) -> (lines, fast, slow)\n\n"
      "Parse the well-formed lines of a block into the output buffers; see access_fast.py."},
     {NULL, NULL, 0, NULL},
 };

@@ -20,6 +20,7 @@ def scan(
     offsets: Buffer,
     valid: Buffer,
     strdata: Buffer,
+    spans: Buffer,
     slow: Buffer,
     /,
 ) -> tuple[int, int, int]: ...

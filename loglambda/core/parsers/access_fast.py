@@ -15,6 +15,7 @@ and every block takes the reference path. ``LOGLAMBDA_NO_NATIVE=1`` turns it off
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Final
@@ -76,9 +77,9 @@ def scan(raw: RawBlock, fmt: str) -> Scanned | None:
     lat_valid = _empty(cap, np.uint8)
     offsets = _empty(n_str * (cap + 1), np.int32).reshape(n_str, cap + 1)
     valid = _empty(n_str * cap, np.uint8).reshape(n_str, cap)
-    # Each column's text is a subset of the block's bytes, so the block's size bounds
-    # it; untouched pages of these buffers are never backed by memory.
-    strdata = _empty(n_str * max(size, 1), np.uint8).reshape(n_str, max(size, 1))
+    # All columns' text together is a subset of the block's bytes.
+    strdata = _empty(max(size, 1), np.uint8)
+    spans = _scratch(n_str * cap)
     slow = _empty(cap * 3, np.int64).reshape(cap, 3)
     lines, n, n_slow = _native.scan(
         raw.data,
@@ -95,15 +96,19 @@ def scan(raw: RawBlock, fmt: str) -> Scanned | None:
         offsets,
         valid,
         strdata,
+        spans,
         slow,
     )
     if lines != raw.read:
         raise ValueError(f"{raw.source}: block claims {raw.read} lines, scan found {lines}")
 
+    # Column k's text starts where column k-1's ends (the C side's second pass).
+    ends = np.cumsum(offsets[:, n])
+
     def strings(k: int) -> pa.Array:
-        off = offsets[k, : n + 1]
+        text = strdata[int(ends[k - 1]) if k else 0 : int(ends[k])]
         return pa.StringArray.from_buffers(
-            n, pa.py_buffer(off), pa.py_buffer(strdata[k, : int(off[n])]), *_validity(valid[k])
+            n, pa.py_buffer(offsets[k, : n + 1]), pa.py_buffer(text), *_validity(valid[k])
         )
 
     def fixed(dtype: pa.DataType, values: np.ndarray, mask: np.ndarray | None = None) -> pa.Array:
@@ -149,6 +154,17 @@ def _empty(n: int, dtype: type[np.generic]) -> np.ndarray:
     The pool also reuses memory the previous blocks freed.
     """
     return np.frombuffer(pa.allocate_buffer(n * np.dtype(dtype).itemsize), dtype)
+
+
+_thread_scratch = threading.local()
+
+
+def _scratch(n: int) -> np.ndarray:
+    """Field positions for the C side's second pass: per thread, reused every block."""
+    buf: np.ndarray | None = getattr(_thread_scratch, "spans", None)
+    if buf is None or len(buf) < n:
+        buf = _thread_scratch.spans = np.empty(n, np.int32)
+    return buf[:n]
 
 
 def _slow_block(raw: RawBlock, slow: np.ndarray) -> LineBlock:
