@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import os
 import re
@@ -177,6 +178,24 @@ def test_reimport_is_skipped(home: Path, sample_log: Path) -> None:
     assert "imported 10,000" not in again.stdout
     assert totals(home) == before == GOACCESS
     assert len(MasterDataset(home).entries()) == 1
+
+
+def test_file_imported_before_the_hash_switch_is_still_a_duplicate(
+    home: Path, sample_log: Path
+) -> None:
+    """Manifests written before BLAKE3 name files by SHA-256; those still dedupe."""
+    run("import", sample_log, "--home", home)
+    (entry_file,) = (home / "master" / "_manifest").glob("*.json")
+    entry = json.loads(entry_file.read_text())
+    origin = entry["origin"]
+    origin.pop("file_blake3"), origin.pop("content_blake3")
+    origin["file_sha256"] = origin["content_sha256"] = hashlib.sha256(
+        sample_log.read_bytes()
+    ).hexdigest()
+    entry_file.write_text(json.dumps(entry))
+    again = run("import", sample_log, "--home", home)
+    assert "already imported" in again.stdout
+    assert totals(home) == GOACCESS
 
 
 def test_gzip_copy_of_imported_content_is_a_duplicate(

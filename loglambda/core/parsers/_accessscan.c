@@ -119,6 +119,33 @@ static int parse_time(const char *p, int64_t *out) {
     return 1;
 }
 
+/* The 26 bytes of two timestamps equal? Fixed-size loads, not a memcmp call. */
+static int same_time(const char *a, const char *b) {
+    uint64_t x[3], y[3];
+    uint16_t u, v;
+    memcpy(x, a, 24);
+    memcpy(y, b, 24);
+    memcpy(&u, a + 24, 2);
+    memcpy(&v, b + 24, 2);
+    return ((x[0] ^ y[0]) | (x[1] ^ y[1]) | (x[2] ^ y[2]) | (uint64_t)(u ^ v)) == 0;
+}
+
+/* Copy a field's text. Most are short, and a libc call per field costs more than the
+ * copy, so short ones move as one or two 16-byte blocks. That reads past the field
+ * (never past the block, ``src_end``) and writes up to COPY_SLACK bytes past it: into
+ * the place of the column's next field, written later, or into the gap after the
+ * column's region (access_fast.py leaves COPY_SLACK between regions). */
+#define COPY_SLACK 32
+static void copy_field(uint8_t *dst, const char *src, size_t n, const char *src_end) {
+    if (n <= 16 && src + 16 <= src_end) {
+        memcpy(dst, src, 16);
+    } else if (n <= 32 && src + 32 <= src_end) {
+        memcpy(dst, src, 32);
+    } else {
+        memcpy(dst, src, n);
+    }
+}
+
 /* An unquoted token: one or more bytes up to a space or the end. A quote inside
  * makes the line slow (the reference regex would read it differently). */
 static int token(const char **pp, const char *end, field_t *f) {
@@ -138,14 +165,14 @@ static int token(const char **pp, const char *end, field_t *f) {
 /* '"' text '"', as the reference regex "(?:[^"\\]|\\.)*" reads it: a backslash
  * takes the next byte with it, so only an unescaped quote ends the text. The text is
  * kept as written (nginx's \x22 stays four characters). */
-static int quoted(const char **pp, const char *end, field_t *f) {
+static int quoted(const char **pp, const char *end, field_t *f, int escapes) {
     const char *p = *pp;
     if (p >= end || *p != '"') return 0;
     const char *s = ++p;
     for (;;) {
         const char *q = memchr(p, '"', (size_t)(end - p));
         if (q == NULL) return 0;
-        const char *b = memchr(p, '\\', (size_t)(q - p));
+        const char *b = escapes ? memchr(p, '\\', (size_t)(q - p)) : NULL;
         if (b == NULL) {
             p = q;
             break;
@@ -179,8 +206,8 @@ static void split_request(const field_t *req, row_t *r) {
     r->s[S_PROTOCOL].valid = 0;
     while (i < n && is_alpha(p[i])) i++;
     if (i > 0 && i < n && p[i] == ' ') {
-        j = i + 1;
-        while (j < n && p[j] != ' ') j++;
+        const char *sp = memchr(p + i + 1, ' ', (size_t)(n - i - 1));
+        j = sp ? sp - p : n;
         int ok = j > i + 1;
         if (ok && j < n) { /* " PROTO" must follow, to the end */
             k = j + 1;
@@ -252,10 +279,11 @@ static int parse_request_time(const field_t *f, double *ms) {
 static int parse_line(const char *s, const char *end, int fmt, row_t *r, ts_cache_t *tc) {
     /* Printable ASCII only: UTF-8 and control bytes are the reference's to judge.
      * (nginx and Apache escape everything else as \xHH, so real logs rarely have any.) */
-    uint8_t bad = 0; /* bytes, not ints, so the loop vectorises 16 bytes at a time */
+    uint8_t bad = 0, escapes = 0; /* bytes, not ints: the loop vectorises */
     for (const char *q = s; q < end; q++) {
         int8_t c = (int8_t)*q; /* bytes >= 0x80 are negative here */
         bad |= (uint8_t)((c < 0x20) | (c == 0x7f));
+        escapes |= (uint8_t)(c == '\\');
     }
     if (bad) return 0;
 
@@ -284,14 +312,14 @@ static int parse_line(const char *s, const char *end, int fmt, row_t *r, ts_cach
     if (end - p < 29 || p[0] != '[' || p[27] != ']' || p[28] != ' ') return 0;
     time_f.p = p + 1;
     p += 29;
-    if (!quoted(&p, end, &req) || !expect(&p, end, ' ')) return 0;
+    if (!quoted(&p, end, &req, escapes) || !expect(&p, end, ' ')) return 0;
     if (!token(&p, end, &status_f) || !expect(&p, end, ' ')) return 0;
     if (!token(&p, end, &bytes_f)) return 0;
     r->s[S_REFERRER].valid = 0;
     r->s[S_USER_AGENT].valid = 0;
     if (fmt != FMT_COMMON) {
-        if (!expect(&p, end, ' ') || !quoted(&p, end, &r->s[S_REFERRER])) return 0;
-        if (!expect(&p, end, ' ') || !quoted(&p, end, &r->s[S_USER_AGENT])) return 0;
+        if (!expect(&p, end, ' ') || !quoted(&p, end, &r->s[S_REFERRER], escapes)) return 0;
+        if (!expect(&p, end, ' ') || !quoted(&p, end, &r->s[S_USER_AGENT], escapes)) return 0;
         field_t *ref = &r->s[S_REFERRER];
         if (ref->n == 0 || (ref->n == 1 && ref->p[0] == '-')) ref->valid = 0;
         if (r->s[S_USER_AGENT].n == 0) r->s[S_USER_AGENT].valid = 0;
@@ -303,7 +331,7 @@ static int parse_line(const char *s, const char *end, int fmt, row_t *r, ts_cach
         r->has_latency = 1;
     }
 
-    if (tc->valid && memcmp(tc->text, time_f.p, 26) == 0) {
+    if (tc->valid && same_time(tc->text, time_f.p)) {
         r->ts = tc->us;
     } else {
         if (!parse_time(time_f.p, &r->ts)) return 0;
@@ -376,7 +404,7 @@ static PyObject *scan(PyObject *self, PyObject *args) {
         !check_size(&o.lat_valid, "lat_valid", cap) ||
         !check_size(&o.offsets, "offsets", N_STR * (cap + 1) * 4) ||
         !check_size(&o.valid, "valid", N_STR * cap) ||
-        !check_size(&o.strdata, "strdata", len) ||
+        !check_size(&o.strdata, "strdata", len + N_STR * COPY_SLACK) ||
         !check_size(&o.spans, "spans", N_STR * cap * 4) ||
         !check_size(&o.slow, "slow", cap * 3 * 8))
         goto done;
@@ -431,18 +459,20 @@ static PyObject *scan(PyObject *self, PyObject *args) {
         line++;
         pos = nl ? e + 1 : len;
     }
-    /* Second pass: each column's text, back to back in strdata. Their total is at most
-     * the block's size, and the pages touched are exactly the bytes used. */
+    /* Second pass: each column's text, back to back in strdata, COPY_SLACK apart. Row
+     * by row, so the block is read once more in order while it is still in cache. */
+    uint8_t *to[N_STR];
     Py_ssize_t region = 0;
-    for (int k = 0; k < N_STR && !overflow; k++) {
-        const int32_t *off = offsets + k * (cap + 1);
-        const int32_t *from = spans + k * cap;
-        uint8_t *to = strdata + region;
-        for (Py_ssize_t i = 0; i < nfast; i++) {
+    for (int k = 0; k < N_STR; k++) {
+        to[k] = strdata + region;
+        region += used[k] + COPY_SLACK;
+    }
+    for (Py_ssize_t i = 0; i < nfast && !overflow; i++) {
+        for (int k = 0; k < N_STR; k++) {
+            const int32_t *off = offsets + k * (cap + 1);
             int32_t n = off[i + 1] - off[i];
-            if (n) memcpy(to + off[i], buf + from[i], (size_t)n);
+            if (n) copy_field(to[k] + off[i], buf + spans[k * cap + i], (size_t)n, buf + len);
         }
-        region += used[k];
     }
     Py_END_ALLOW_THREADS
 

@@ -34,6 +34,8 @@ try:
 except ImportError:  # built without a C compiler: the reference path does it all
     _native = None
 
+# Bytes the C side may write past a field (COPY_SLACK in _accessscan.c).
+COPY_SLACK: Final = 32
 FORMAT_CODES: Final[dict[str, int]] = {"combined": 0, "common": 1, "vcombined": 2}
 # The C side's string columns, in its order (the S_* enum in _accessscan.c).
 STRING_COLUMNS: Final = (
@@ -77,8 +79,9 @@ def scan(raw: RawBlock, fmt: str) -> Scanned | None:
     lat_valid = _empty(cap, np.uint8)
     offsets = _empty(n_str * (cap + 1), np.int32).reshape(n_str, cap + 1)
     valid = _empty(n_str * cap, np.uint8).reshape(n_str, cap)
-    # All columns' text together is a subset of the block's bytes.
-    strdata = _empty(max(size, 1), np.uint8)
+    # All columns' text together is a subset of the block's bytes; each column's
+    # region is followed by room for the C side's block copies.
+    strdata = _empty(size + n_str * COPY_SLACK, np.uint8)
     spans = _scratch(n_str * cap)
     slow = _empty(cap * 3, np.int64).reshape(cap, 3)
     lines, n, n_slow = _native.scan(
@@ -102,11 +105,12 @@ def scan(raw: RawBlock, fmt: str) -> Scanned | None:
     if lines != raw.read:
         raise ValueError(f"{raw.source}: block claims {raw.read} lines, scan found {lines}")
 
-    # Column k's text starts where column k-1's ends (the C side's second pass).
-    ends = np.cumsum(offsets[:, n])
+    # Column k's text starts COPY_SLACK after column k-1's ends (the C side's layout).
+    sizes = offsets[:, n].astype(np.int64)
+    begins = np.concatenate(([0], np.cumsum(sizes + COPY_SLACK)[:-1]))
 
     def strings(k: int) -> pa.Array:
-        text = strdata[int(ends[k - 1]) if k else 0 : int(ends[k])]
+        text = strdata[int(begins[k]) : int(begins[k] + sizes[k])]
         return pa.StringArray.from_buffers(
             n, pa.py_buffer(offsets[k, : n + 1]), pa.py_buffer(text), *_validity(valid[k])
         )
