@@ -19,8 +19,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from loglambda.core.eventlog import EventLog, OffsetRange
-from loglambda.core.lines import DEFAULT_MAX_LINE_BYTES, split_block
-from loglambda.core.parsers import Parsed, Parser
+from loglambda.core.lines import DEFAULT_MAX_LINE_BYTES, RawBlock, count_lines
+from loglambda.core.parsers import Parsed, Parser, RawParser
 from loglambda.core.quarantine import RejectBuilder
 from loglambda.core.schemas import QUARANTINE_SCHEMA, Kind
 
@@ -63,15 +63,15 @@ def parse_lines(
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
 ) -> tuple[Parsed, int]:
     """Parse whole lines (``data`` ends at a line boundary or is the final partial
-    line of a finished input); return what the parser made and the lines read."""
-    block = split_block(
-        data,
-        source=source,
-        base_offset=base_offset,
-        base_line=base_line,
-        max_line_bytes=max_line_bytes,
-    )
-    return parser.parse(block), block.read
+    line of a finished input); return what the parser made and the lines read.
+
+    Access logs go through the native scanner (``parse_raw``), everything else
+    through a split and the format's Arrow parser.
+    """
+    raw = RawBlock(source, data, base_offset, base_line, count_lines(data), max_line_bytes)
+    if isinstance(parser, RawParser):
+        return parser.parse_raw(raw), raw.read
+    return parser.parse(raw.split()), raw.read
 
 
 def quarantine_name(*parts: object) -> str:
