@@ -109,21 +109,21 @@ def scan(raw: RawBlock, fmt: str) -> Scanned | None:
     sizes = offsets[:, n].astype(np.int64)
     begins = np.concatenate(([0], np.cumsum(sizes + COPY_SLACK)[:-1]))
 
-    def strings(k: int) -> pa.Array:
-        text = strdata[int(begins[k]) : int(begins[k] + sizes[k])]
-        return pa.StringArray.from_buffers(
-            n, pa.py_buffer(offsets[k, : n + 1]), pa.py_buffer(text), *_validity(valid[k])
-        )
-
-    def fixed(dtype: pa.DataType, values: np.ndarray, mask: np.ndarray | None = None) -> pa.Array:
-        bitmap, nulls = _validity(mask) if mask is not None else (None, 0)
-        return pa.Array.from_buffers(dtype, n, [bitmap, pa.py_buffer(values[:n])], nulls)
-
-    def _validity(mask: np.ndarray) -> tuple[pa.Buffer | None, int]:
+    def validity(mask: np.ndarray) -> tuple[pa.Buffer | None, int]:
         nulls = n - int(np.count_nonzero(mask[:n]))
         if nulls == 0:
             return None, 0
         return pa.py_buffer(np.packbits(mask[:n], bitorder="little")), nulls
+
+    def strings(k: int) -> pa.Array:
+        text = strdata[int(begins[k]) : int(begins[k] + sizes[k])]
+        return pa.StringArray.from_buffers(
+            n, pa.py_buffer(offsets[k, : n + 1]), pa.py_buffer(text), *validity(valid[k])
+        )
+
+    def fixed(dtype: pa.DataType, values: np.ndarray, mask: np.ndarray | None = None) -> pa.Array:
+        bitmap, nulls = validity(mask) if mask is not None else (None, 0)
+        return pa.Array.from_buffers(dtype, n, [bitmap, pa.py_buffer(values[:n])], nulls)
 
     text = {name: strings(k) for k, name in enumerate(STRING_COLUMNS)}
     source = pa.array([raw.source], pa.string()).take(pa.array(np.zeros(n, np.int32)))
