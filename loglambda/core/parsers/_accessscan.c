@@ -1,8 +1,10 @@
 /* Native scanner for Apache/nginx access logs: combined, common and vcombined.
  *
- * One pass over a block of complete lines. A line in the well-formed shape, which is
- * nearly every line of a real log, has each field written straight into column
- * buffers that become Arrow arrays without a copy. The shape is:
+ * Two passes over a block of complete lines. The first finds the lines and parses
+ * each one in the well-formed shape (nearly every line of a real log) into
+ * fixed-width columns, plus the offsets and source positions of its text fields. The
+ * second copies each text column's bytes, back to back, into one buffer. Python wraps
+ * all of these as Arrow arrays without a copy. The shape is:
  *   - printable ASCII;
  *   - the format's exact token layout, single spaces;
  *   - a canonical timestamp;
@@ -499,4 +501,13 @@ static struct PyModuleDef module = {
     -1, methods,
 };
 
-PyMODINIT_FUNC PyInit__accessscan(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__accessscan(void) {
+    PyObject *m = PyModule_Create(&module);
+    /* The layout access_fast.py must allocate for. */
+    if (m != NULL && (PyModule_AddIntConstant(m, "N_STR", N_STR) < 0 ||
+                      PyModule_AddIntConstant(m, "COPY_SLACK", COPY_SLACK) < 0)) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

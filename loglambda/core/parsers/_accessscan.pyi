@@ -5,6 +5,9 @@ import numpy as np
 
 Buffer = np.ndarray[Any, Any]
 
+N_STR: int
+COPY_SLACK: int
+
 def scan(
     data: bytes,
     fmt: int,

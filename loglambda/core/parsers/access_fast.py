@@ -68,6 +68,9 @@ def scan(raw: RawBlock, fmt: str) -> Scanned | None:
     code = FORMAT_CODES.get(fmt)
     if code is None or _native is None or not native_available() or raw.read == 0:
         return None
+    layout = (getattr(_native, "N_STR", None), getattr(_native, "COPY_SLACK", None))
+    if layout != (len(STRING_COLUMNS), COPY_SLACK):
+        raise RuntimeError("_accessscan was built from another version: reinstall loglambda")
     cap, size = raw.read, len(raw.data)
     n_str = len(STRING_COLUMNS)
     rows = _empty(cap, np.int64)
