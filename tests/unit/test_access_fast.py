@@ -460,3 +460,19 @@ def test_request_times_round_exactly_as_the_reference() -> None:
     for t, ms in zip(times, got.events.column("latency_ms").to_pylist(), strict=True):
         want = float(t) * 1000.0 if "." in t else int(t) / 1000.0
         assert ms == want, t
+
+
+def test_an_extension_from_another_version_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stale build would write past the buffers this module allocates: refuse it."""
+    access_fast = importlib.import_module("loglambda.core.parsers.access_fast")
+    if not access_fast.native_available():
+        pytest.skip("native scanner not built")
+
+    class Stale:
+        N_STR = 7
+        COPY_SLACK = 32
+        scan = staticmethod(lambda *args: (0, 0, 0))
+
+    monkeypatch.setattr(access_fast, "_native", Stale())
+    with pytest.raises(RuntimeError, match="reinstall loglambda"):
+        access_fast.scan(raw_block(VALID + b"\n"), "combined")
