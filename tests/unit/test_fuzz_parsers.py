@@ -12,8 +12,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from loglambda.core.lines import LineBlock, iter_blocks, split_block
-from loglambda.core.parsers import PARSERS, Detection, detect_format
+from loglambda.core.lines import LineBlock, RawBlock, iter_blocks, iter_raw_blocks, split_block
+from loglambda.core.parsers import PARSERS, Detection, RawParser, detect_format
 from loglambda.core.quarantine import REASONS
 from loglambda.core.schemas import schema_for
 
@@ -166,6 +166,29 @@ def test_adversarial_bytes_never_raise_and_reconcile(
         _check_block(block)
         total += block.read
     assert total == data.count(b"\n") + (1 if data and not data.endswith(b"\n") else 0)
+
+
+@_FUZZ
+@given(data=_DATA, block_bytes=st.integers(64, 4096), max_line_bytes=st.integers(64, 2048))
+def test_native_scanner_on_hostile_bytes_matches_the_reference(
+    data: bytes, block_bytes: int, max_line_bytes: int
+) -> None:
+    """What import runs: unsplit blocks into ``parse_raw`` (the native scanner for access
+    logs). Same hostile input, same contract, and the same answer as split + parse."""
+    blocks = iter_raw_blocks(
+        io.BytesIO(data), source="fuzz", block_bytes=block_bytes, max_line_bytes=max_line_bytes
+    )
+    for block, _end in blocks:
+        if not isinstance(block, RawBlock):
+            continue
+        split = block.split()
+        _check_block(split)
+        for name, parser in PARSERS.items():
+            if not isinstance(parser, RawParser):
+                continue
+            got, want = parser.parse_raw(block), parser.parse(split)
+            assert got.events.equals(want.events), name
+            assert got.rejects.to_table(name).equals(want.rejects.to_table(name)), name
 
 
 @_FUZZ
