@@ -18,6 +18,7 @@ from loglambda.core.lines import (
     iter_raw_blocks,
     split_block,
 )
+from loglambda.core.parsers.access_fast import native_count
 from loglambda.core.quarantine import RAW_LIMIT
 
 pytestmark = pytest.mark.unit
@@ -356,9 +357,27 @@ def test_count_lines_agrees_with_split_for_bytes_and_views(data: bytes) -> None:
     assert count_lines(memoryview(data)) == n
 
 
-def test_count_lines_on_a_view_larger_than_one_counting_slice() -> None:
+@pytest.mark.parametrize("native", ["1", "0"], ids=["numpy", "native"])
+def test_count_lines_on_a_view_larger_than_one_counting_slice(
+    native: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LOGLAMBDA_NO_NATIVE", native)
     data = b"x" * ((1 << 20) - 1) + b"\n" + b"y\n" * 1000 + b"tail"
     assert count_lines(memoryview(data)) == 1002 == count_lines(data)
+    # Every alignment and tail length of the SIMD loop, and runs past 255 rounds.
+    for start in range(17):
+        for end in (start, start + 15, start + 16, start + 17, 4096 + 7, 70_001):
+            view = memoryview(data)[(1 << 20) - 40 + start : (1 << 20) - 40 + end]
+            assert count_lines(view) == count_lines(bytes(view))
+
+
+def test_native_byte_count_is_the_scanners_own() -> None:
+    native = native_count()
+    if native is None:
+        pytest.skip("native scanner not built")
+    assert native(b"\n\n\n", 10) == 3 and native(b"", 10) == 0
+    with pytest.raises(ValueError, match=r"0\.\.255"):
+        native(b"x", 256)
 
 
 def test_split_block_places_gathered_lines_at_their_own_positions() -> None:

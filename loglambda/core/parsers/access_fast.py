@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Final
@@ -53,6 +54,14 @@ STRING_COLUMNS: Final = (
 def native_available() -> bool:
     """Whether the C scanner is built and not switched off."""
     return _native is not None and os.environ.get("LOGLAMBDA_NO_NATIVE", "") in ("", "0")
+
+
+def native_count() -> Callable[[bytes | memoryview, int], int] | None:
+    """The C byte counter (``count(data, byte)``), or None where the scanner is not."""
+    if _native is None or not native_available():
+        return None
+    count: Callable[[bytes | memoryview, int], int] | None = getattr(_native, "count", None)
+    return count
 
 
 @dataclass(frozen=True)
