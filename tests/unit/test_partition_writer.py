@@ -11,6 +11,7 @@ import pytest
 
 from loglambda.batch.partition_writer import (
     US_PER_HOUR,
+    PartFile,
     PartitionWriter,
     master_parquet_options,
     split_by_hour,
@@ -123,3 +124,58 @@ def test_scattered_hours_are_gathered_like_runs_are_sliced(
     ]
     for a, b in zip(sliced, gathered, strict=True):
         assert a.table.combine_chunks().equals(b.table.combine_chunks())
+
+
+def _row_groups(parts: list[PartFile]) -> dict[str, list[int]]:
+    """Rows per row group, per partition directory."""
+    out: dict[str, list[int]] = {}
+    for p in parts:
+        meta = pq.ParquetFile(p.path).metadata
+        key = str(Path(p.rel).parent)
+        out.setdefault(key, []).extend(
+            meta.row_group(i).num_rows for i in range(meta.num_row_groups)
+        )
+    return out
+
+
+def test_late_lines_of_an_hour_share_one_row_group(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("loglambda.batch.partition_writer.SMALL_PIECE_ROWS", 10)
+    # Each block: a long run of hour 1, then two stragglers from hour 0.
+    blocks = [_events([1] * 40 + [0, 0]) for _ in range(5)]
+    writer = PartitionWriter(tmp_path, "batch", threads=2)
+    for block in blocks:
+        writer.write("traffic", split_by_hour(block))
+    groups = _row_groups(writer.close())
+    hour0, hour1 = sorted(groups)
+    assert groups[hour0] == [10]  # ten stragglers, one row group, not five
+    assert sorted(groups[hour1]) == [40] * 5  # big pieces are written as they come
+    assert _read_all(tmp_path) == {
+        hour0: sorted(b.column("source_line")[i].as_py() for b in blocks for i in (40, 41)),
+        hour1: sorted(v for b in blocks for v in b.column("source_line").to_pylist()[:40]),
+    }
+
+
+def test_held_rows_are_written_once_over_the_cap(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("loglambda.batch.partition_writer.HELD_ROWS_MAX", 7)
+    writer = PartitionWriter(tmp_path, "batch", threads=1)
+    writer.write("traffic", split_by_hour(_events([0, 1, 2])))
+    assert not list(tmp_path.rglob("*.parquet"))  # held: under the cap
+    writer.write("traffic", split_by_hour(_events([0, 1, 2, 3, 4])))
+    assert len(list(tmp_path.rglob("*.parquet"))) == 5  # over it: every hour written
+    parts = writer.close()
+    assert sum(p.rows for p in parts) == 8
+
+
+def test_a_held_straggler_does_not_keep_its_block_alive(tmp_path: Path) -> None:
+    block = _events([1] * 50 + [0])
+    pool = pa.default_memory_pool()
+    writer = PartitionWriter(tmp_path, "batch", threads=1)
+    writer.write("traffic", split_by_hour(block))
+    before = pool.bytes_allocated()
+    del block
+    assert pool.bytes_allocated() < before  # the block's buffers went free
+    assert sum(p.rows for p in writer.close()) == 51
