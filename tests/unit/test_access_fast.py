@@ -476,3 +476,15 @@ def test_an_extension_from_another_version_is_refused(monkeypatch: pytest.Monkey
     monkeypatch.setattr(access_fast, "_native", Stale())
     with pytest.raises(RuntimeError, match="reinstall loglambda"):
         access_fast.scan(raw_block(VALID + b"\n"), "combined")
+
+
+@pytest.mark.parametrize("byte", [b"\x01", b"\x1f", b"\x7f", b"\x80", b"\xe9", b"\\", b"\t"])
+def test_an_odd_byte_anywhere_in_a_line_goes_to_the_reference(byte: bytes) -> None:
+    """The printable-ASCII check runs 16 bytes at a time: every position of a line,
+    the 16-byte rounds and the tail after them, must see the byte."""
+    line = VALID
+    data = b"".join(line[:i] + byte + line[i:] + b"\n" for i in range(len(line) + 1))
+    assert_same(COMBINED, raw_block(data))
+    # Multi-byte UTF-8 too: é is two bytes at every position.
+    accented = b"".join(line[:i] + "é".encode() + line[i:] + b"\n" for i in range(len(line)))
+    assert_same(COMBINED, raw_block(accented))
