@@ -85,7 +85,7 @@ def count_lines(data: bytes | memoryview) -> int:
     if isinstance(data, bytes):
         newlines = data.count(b"\n")
     elif (native := _native_count()) is not None:
-        newlines = native(data, 10)  # SIMD, one pass: numpy's takes 6x the time
+        newlines = native(data, 10)  # SIMD, one pass: numpy's took 6x the instructions
     else:
         # In slices: numpy asks for huge pages for temporaries of 4 MiB and more, and
         # faulting those in costs more than the count.
