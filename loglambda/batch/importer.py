@@ -8,7 +8,9 @@ it becomes visible at once, or none.
 
 Re-importing is deduplicated, not refused: a file whose bytes (or decompressed
 content) were imported before is skipped with a message naming the earlier import,
-so a scheduled ``loglambda import /var/log/nginx/*.gz`` can run every night.
+so a scheduled ``loglambda import /var/log/nginx/*.gz`` can run every night. A plain
+file that only grew since an import (log files append) imports only its new lines,
+numbered on from where the earlier import ended.
 """
 
 from __future__ import annotations
@@ -39,6 +41,9 @@ PARSE_THREADS: Final = 2
 BLOCK_BYTES: Final = 16 << 20
 WRITE_THREADS: Final = 2
 FINGERPRINT_BYTES: Final = 1 << 20
+# Bytes of a plain file's start hashed into its manifest entry: the cheap key to
+# find the import that a grown file continues.
+HEAD_BYTES: Final = 64 << 10
 
 
 @dataclass(frozen=True)
@@ -54,15 +59,38 @@ class ImportResult:
     seq: int | None  # manifest sequence, None if skipped
     skipped_because: str | None = None
     detected: str | None = None
+    continued: Continuation | None = None
 
     def summary(self) -> str:
         if self.skipped_because:
             return f"{self.path}: skipped, {self.skipped_because}"
         why = ", ".join(f"{k} {v:,}" for k, v in sorted(self.reasons.items()))
+        grown = ""
+        if self.continued is not None:
+            c = self.continued
+            grown = (
+                f"; new bytes only, from inside line {c.line:,}, which manifest seq {c.seq}"
+                " read unfinished"
+                if c.mid_line
+                else f"; new lines only, from line {c.line:,} (the {c.line - 1:,} before it"
+                f" came in manifest seq {c.seq})"
+            )
         return (
             f"{self.path}: read {self.read:,} = imported {self.accepted:,} + "
-            f"quarantined {self.quarantined:,}" + (f" ({why})" if why else "")
+            f"quarantined {self.quarantined:,}" + (f" ({why})" if why else "") + grown
         )
+
+
+@dataclass(frozen=True)
+class Continuation:
+    """Where a grown file's new lines start: right after an earlier import's bytes."""
+
+    seq: int  # the earlier import's manifest entry
+    offset: int  # bytes imported then; the new bytes start here
+    line: int  # 1-based number of the line the new bytes start in
+    # The earlier import ended inside a line (the writer was mid-line): it read that
+    # line's first part, this import reads the rest, so no byte is read twice.
+    mid_line: bool = False
 
 
 # What identifies a file's content in the manifest. BLAKE3 is a cryptographic hash
@@ -84,9 +112,9 @@ HASH: Final = "blake3"
 class _HashingReader:
     """A read-only stream that hashes every byte it hands out."""
 
-    def __init__(self, raw: BinaryIO) -> None:
+    def __init__(self, raw: BinaryIO, digest: _Hasher | None = None) -> None:
         self.raw = raw
-        self.digest = HASHES[HASH]()
+        self.digest = digest if digest is not None else HASHES[HASH]()
 
     def read(self, n: int = -1) -> bytes:
         data = self.raw.read(n)
@@ -131,6 +159,48 @@ def _fingerprint(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _head_digest(path: Path, n: int) -> str:
+    digest = HASHES[HASH]()
+    with open(path, "rb") as fh:
+        digest.update(fh.read(n))
+    return digest.hexdigest()
+
+
+def _continuation(master: MasterDataset, path: Path) -> tuple[Continuation, _Hasher] | None:
+    """The earlier import that plain file ``path`` extends, if it only grew since.
+
+    Returns where its new bytes start and the hash of the bytes before them, to be
+    continued over the rest.
+    """
+    size = path.stat().st_size
+    heads: dict[int, str] = {}
+    for entry in reversed(master.entries()):  # the latest import is the longest prefix
+        origin = entry.origin
+        known, n = origin.get("size"), origin.get("head_bytes")
+        file_hash = origin.get(f"file_{HASH}")
+        if (
+            not isinstance(known, int)
+            or not isinstance(n, int)
+            or not 0 < known < size
+            or file_hash is None
+            or file_hash != origin.get(f"content_{HASH}")  # a compressed file's
+        ):
+            continue
+        if n not in heads:
+            heads[n] = _head_digest(path, n)
+        if heads[n] != origin.get(f"head_{HASH}"):
+            continue
+        digest, newlines, last, left = HASHES[HASH](), 0, b"", known
+        with open(path, "rb") as fh:
+            while left and (chunk := fh.read(min(left, 8 << 20))):
+                digest.update(chunk)
+                newlines += chunk.count(b"\n")
+                last, left = chunk[-1:], left - len(chunk)
+        if not left and digest.hexdigest() == file_hash:
+            return Continuation(entry.seq, known, newlines + 1, last != b"\n"), digest
+    return None
+
+
 def _is_gzip(path: Path) -> bool:
     with open(path, "rb") as fh:
         return fh.read(2) == b"\x1f\x8b"
@@ -155,6 +225,8 @@ def import_file(
     if candidate is not None and _same_file(candidate.origin, path):
         return _skipped(path, candidate.seq, candidate.origin.get("path"))
     gz = _is_gzip(path)
+    found = None if gz else _continuation(master, path)
+    continued, digest = found if found else (None, None)
     detected = None
     with _open(path) as fh:
         sample = fh.read(SAMPLE_BYTES)
@@ -173,9 +245,12 @@ def import_file(
     reasons: Counter[str] = Counter()
     try:
         with _open(path) as raw:
-            stream = _HashingReader(raw)
+            start = (continued.offset, continued.line) if continued else (0, 1)
+            raw.seek(start[0])
+            stream = _HashingReader(raw, digest)
             compressed = raw if isinstance(raw, gzip.GzipFile) else None
-            for parsed, pieces, block_read in _parse_parallel(stream, str(path), parser):
+            blocks = _parse_parallel(stream, str(path), parser, start)
+            for parsed, pieces, block_read in blocks:
                 staged.write_pieces(parsed.kind, pieces)
                 staged.quarantine(parsed.rejects, parser.name)
                 reasons.update(parsed.rejects.reasons())
@@ -190,18 +265,22 @@ def import_file(
         if earlier is not None:
             staged.abort()
             return _skipped(path, earlier.seq, earlier.origin.get("path"))
-        entry = staged.commit(
-            {
-                "type": "import",
-                "path": str(path.resolve()),
-                "format": parser.name,
-                "fingerprint": fingerprint,
-                f"file_{HASH}": file_hash,
-                f"content_{HASH}": content_hash,
-                "size": os.path.getsize(path),
-            },
-            read=read,
-        )
+        size = os.path.getsize(path)
+        origin: dict[str, object] = {
+            "type": "import",
+            "path": str(path.resolve()),
+            "format": parser.name,
+            "fingerprint": fingerprint,
+            f"file_{HASH}": file_hash,
+            f"content_{HASH}": content_hash,
+            "size": size,
+        }
+        if not gz:
+            origin["head_bytes"] = min(size, HEAD_BYTES)
+            origin[f"head_{HASH}"] = _head_digest(path, min(size, HEAD_BYTES))
+        if continued is not None:
+            origin["continues"] = continued.__dict__
+        entry = staged.commit(origin, read=read)
     except BaseException:
         staged.abort()
         raise
@@ -214,6 +293,7 @@ def import_file(
         reasons=dict(reasons),
         seq=entry.seq,
         detected=detected,
+        continued=continued,
     )
 
 
@@ -223,15 +303,23 @@ def _skipped(path: Path, seq: int, earlier_path: object) -> ImportResult:
 
 
 def _parse_parallel(
-    stream: ByteSource, source: str, parser: Parser
+    stream: ByteSource, source: str, parser: Parser, start: tuple[int, int] = (0, 1)
 ) -> Iterator[tuple[Parsed, list[HourPiece], int]]:
     """Parse blocks on worker threads, yielding results in input order.
 
-    At most 2 × threads blocks are in flight, which bounds memory to a few blocks
-    whatever the file size.
+    ``start`` is the (byte offset, line number) of the stream's first byte. At most
+    2 × threads blocks are in flight, which bounds memory to a few blocks whatever
+    the file size.
     """
     buffers = BlockBuffers()
-    blocks = iter_raw_blocks(stream, source=source, block_bytes=BLOCK_BYTES, buffers=buffers)
+    blocks = iter_raw_blocks(
+        stream,
+        source=source,
+        block_bytes=BLOCK_BYTES,
+        buffers=buffers,
+        start_offset=start[0],
+        start_line=start[1],
+    )
     with ThreadPoolExecutor(PARSE_THREADS, thread_name_prefix="parse") as pool:
         pending: deque[tuple[Future[tuple[Parsed, list[HourPiece]]], RawBlock | LineBlock]]
         pending = deque()

@@ -198,6 +198,83 @@ def test_file_imported_before_the_hash_switch_is_still_a_duplicate(
     assert totals(home) == GOACCESS
 
 
+def test_rotated_file_is_a_duplicate(home: Path, tmp_path: Path, small_log: Path) -> None:
+    """logrotate renames access.log to access.log.1: same bytes, new name, skipped."""
+    run("import", small_log, "--home", home)
+    rotated = tmp_path / "access.log.1"
+    rotated.write_bytes(small_log.read_bytes())
+    assert "already imported" in run("import", rotated, "--home", home).stdout
+    assert summary(home)["requests"] == 1_000
+
+
+def test_a_grown_file_imports_only_its_new_lines(home: Path, small_log: Path) -> None:
+    """An access log imported nightly grows between imports: each import adds what is
+    new, numbered on from the earlier import, and the master holds every line once."""
+    lines = small_log.read_bytes().splitlines(keepends=True)
+    log = small_log.with_name("access.log")
+    log.write_bytes(b"".join(lines[:600]))
+    run("import", log, "--home", home)
+    log.write_bytes(b"".join(lines[:900]))
+    second = run("import", log, "--home", home).stdout
+    assert "read 300 = imported 300 + quarantined 0" in second
+    assert "new lines only, from line 601 (the 600 before it came in manifest seq 1)" in second
+    log.write_bytes(b"".join(lines))
+    third = run("import", log, "--home", home).stdout
+    assert "read 100 = imported 100" in third and "manifest seq 2" in third
+    assert "already imported" in run("import", log, "--home", home).stdout
+    assert provenance(home) == (1_000, 1_000)
+    offsets = query(
+        "SELECT min(source_line), min(source_offset) FROM read_parquet($files)",
+        [home / "master" / f.path for f in MasterDataset(home).entries()[1].files],
+    )
+    assert offsets == (601, len(b"".join(lines[:600])))
+    # Same answer as importing the whole file once.
+    once = home.parent / "once"
+    run("import", small_log, "--home", once)
+    assert summary(home) == summary(once)
+
+
+def test_a_line_unfinished_at_the_first_import_is_not_read_twice(
+    home: Path, small_log: Path
+) -> None:
+    """The writer was mid-line when the first import ran: that import read the line's
+    start, the next reads its rest. Both halves are quarantined, no byte twice."""
+    data = small_log.read_bytes()
+    cut = len(b"".join(data.splitlines(keepends=True)[:499])) + 30  # inside the time
+    log = small_log.with_name("access.log")
+    log.write_bytes(data[:cut])
+    first = run("import", log, "--home", home).stdout
+    assert "read 500 = imported 499 + quarantined 1" in first
+    log.write_bytes(data)
+    second = run("import", log, "--home", home).stdout
+    assert "read 501 = imported 500 + quarantined 1" in second
+    assert "from inside line 500, which manifest seq 1 read unfinished" in second
+    assert summary(home)["requests"] == 999
+    rows = run("quarantine", "--home", home, "--limit", "5").stdout
+    assert rows.count("access.log") == 2  # the two halves of line 500
+
+
+@pytest.mark.parametrize("change", ["edited", "gzip"])
+def test_a_file_that_did_not_only_grow_is_imported_whole(
+    home: Path, small_log: Path, change: str
+) -> None:
+    """Only a plain file's exact prefix is taken as already imported."""
+    data = small_log.read_bytes()
+    lines = data.splitlines(keepends=True)
+    log = small_log.with_name("access.log")
+    log.write_bytes(b"".join(lines[:500]))
+    run("import", log, "--home", home)
+    grown = b"".join(lines[:800])
+    if change == "edited":
+        grown = grown.replace(lines[3], lines[4], 1)
+    if change == "gzip":
+        log = log.with_name("access.log.gz")
+        grown = gzip.compress(grown)
+    log.write_bytes(grown)
+    again = run("import", log, "--home", home).stdout
+    assert "read 800 = imported 800" in again and "new lines only" not in again
+
+
 def test_gzip_copy_of_imported_content_is_a_duplicate(
     home: Path, tmp_path: Path, sample_log: Path
 ) -> None:
