@@ -259,13 +259,15 @@ def import_file(
                     pos = compressed.fileobj.tell() if compressed and compressed.fileobj else None
                     on_progress(pos if pos is not None else stream.raw.tell())
             content_hash = stream.digest.hexdigest()
+            # What was hashed, not the size now: the file may have grown meanwhile,
+            # and the next import continues from here.
+            size = os.path.getsize(path) if gz else raw.tell()
         # For a plain file the bytes are the content; only gzip needs a second hash.
         file_hash = _file_digest(path) if gz else content_hash
         earlier = master.find_origin(f"content_{HASH}", content_hash)
         if earlier is not None:
             staged.abort()
             return _skipped(path, earlier.seq, earlier.origin.get("path"))
-        size = os.path.getsize(path)
         origin: dict[str, object] = {
             "type": "import",
             "path": str(path.resolve()),

@@ -234,6 +234,24 @@ def test_a_grown_file_imports_only_its_new_lines(home: Path, small_log: Path) ->
     assert summary(home) == summary(once)
 
 
+def test_lines_written_during_an_import_are_left_for_the_next(home: Path, small_log: Path) -> None:
+    """The manifest records the bytes the import read, not the file's size at the end."""
+    lines = small_log.read_bytes().splitlines(keepends=True)
+    log = small_log.with_name("access.log")
+    log.write_bytes(b"".join(lines[:900]))
+
+    def server_writes(_position: int) -> None:  # called once the import has read to EOF
+        if log.stat().st_size == len(b"".join(lines[:900])):
+            with log.open("ab") as fh:
+                fh.write(b"".join(lines[900:]))
+
+    first = import_file(MasterDataset(home), log, "combined", on_progress=server_writes)
+    assert (first.read, log.stat().st_size) == (900, small_log.stat().st_size)
+    again = run("import", log, "--home", home).stdout
+    assert "read 100 = imported 100" in again and "from line 901" in again
+    assert provenance(home) == (1_000, 1_000)
+
+
 def test_a_line_unfinished_at_the_first_import_is_not_read_twice(
     home: Path, small_log: Path
 ) -> None:
