@@ -28,7 +28,7 @@ from typing import BinaryIO, Final, Protocol
 
 import blake3
 
-from loglambda.batch.master import MasterDataset
+from loglambda.batch.master import ManifestEntry, MasterDataset
 from loglambda.batch.partition_writer import HourPiece, split_by_hour
 from loglambda.core.lines import BlockBuffers, ByteSource, LineBlock, RawBlock, iter_raw_blocks
 from loglambda.core.parsers import Parsed, Parser, RawParser, detect_format, get_parser
@@ -127,11 +127,20 @@ class _HashingReader:
         return n
 
 
-def _file_digest(path: Path, name: str = HASH) -> str:
-    digest = HASHES[name]()
+def _chunks(path: Path, limit: int | None = None) -> Iterator[bytes]:
+    """The file's bytes (only its first ``limit`` if given), 8 MiB at a time."""
+    left = limit
     with open(path, "rb") as fh:
-        while chunk := fh.read(8 << 20):
-            digest.update(chunk)
+        while left != 0 and (chunk := fh.read(8 << 20 if left is None else min(left, 8 << 20))):
+            yield chunk
+            if left is not None:
+                left -= len(chunk)
+
+
+def _file_digest(path: Path, name: str = HASH, *, limit: int | None = None) -> str:
+    digest = HASHES[name]()
+    for chunk in _chunks(path, limit):
+        digest.update(chunk)
     return digest.hexdigest()
 
 
@@ -159,14 +168,7 @@ def _fingerprint(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _head_digest(path: Path, n: int) -> str:
-    digest = HASHES[HASH]()
-    with open(path, "rb") as fh:
-        digest.update(fh.read(n))
-    return digest.hexdigest()
-
-
-def _continuation(master: MasterDataset, path: Path) -> tuple[Continuation, _Hasher] | None:
+def _continuation(entries: list[ManifestEntry], path: Path) -> tuple[Continuation, _Hasher] | None:
     """The earlier import that plain file ``path`` extends, if it only grew since.
 
     Returns where its new bytes start and the hash of the bytes before them, to be
@@ -174,7 +176,7 @@ def _continuation(master: MasterDataset, path: Path) -> tuple[Continuation, _Has
     """
     size = path.stat().st_size
     heads: dict[int, str] = {}
-    for entry in reversed(master.entries()):  # the latest import is the longest prefix
+    for entry in reversed(entries):  # the latest import is the longest prefix
         origin = entry.origin
         known, n = origin.get("size"), origin.get("head_bytes")
         file_hash = origin.get(f"file_{HASH}")
@@ -187,16 +189,15 @@ def _continuation(master: MasterDataset, path: Path) -> tuple[Continuation, _Has
         ):
             continue
         if n not in heads:
-            heads[n] = _head_digest(path, n)
+            heads[n] = _file_digest(path, limit=n)
         if heads[n] != origin.get(f"head_{HASH}"):
             continue
-        digest, newlines, last, left = HASHES[HASH](), 0, b"", known
-        with open(path, "rb") as fh:
-            while left and (chunk := fh.read(min(left, 8 << 20))):
-                digest.update(chunk)
-                newlines += chunk.count(b"\n")
-                last, left = chunk[-1:], left - len(chunk)
-        if not left and digest.hexdigest() == file_hash:
+        digest, newlines, last, got = HASHES[HASH](), 0, b"", 0
+        for chunk in _chunks(path, known):
+            digest.update(chunk)
+            newlines += chunk.count(b"\n")
+            last, got = chunk[-1:], got + len(chunk)
+        if got == known and digest.hexdigest() == file_hash:
             return Continuation(entry.seq, known, newlines + 1, last != b"\n"), digest
     return None
 
@@ -221,11 +222,12 @@ def import_file(
 ) -> ImportResult:
     """Import one file (plain or gzip) as one master batch."""
     fingerprint = _fingerprint(path)
-    candidate = master.find_origin("fingerprint", fingerprint)
+    entries = master.entries()  # read once for both lookups below
+    candidate = master.find_origin("fingerprint", fingerprint, entries)
     if candidate is not None and _same_file(candidate.origin, path):
         return _skipped(path, candidate.seq, candidate.origin.get("path"))
     gz = _is_gzip(path)
-    found = None if gz else _continuation(master, path)
+    found = None if gz else _continuation(entries, path)
     continued, digest = found if found else (None, None)
     detected = None
     with _open(path) as fh:
@@ -279,7 +281,7 @@ def import_file(
         }
         if not gz:
             origin["head_bytes"] = min(size, HEAD_BYTES)
-            origin[f"head_{HASH}"] = _head_digest(path, min(size, HEAD_BYTES))
+            origin[f"head_{HASH}"] = _file_digest(path, limit=min(size, HEAD_BYTES))
         if continued is not None:
             origin["continues"] = continued.__dict__
         entry = staged.commit(origin, read=read)

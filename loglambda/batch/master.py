@@ -112,9 +112,14 @@ class MasterDataset:
         entries = tuple(self.entries())
         return Snapshot(self.root, entries[-1].seq if entries else 0, entries)
 
-    def find_origin(self, key: str, value: object) -> ManifestEntry | None:
-        """The committed batch whose origin has ``key == value``, if any."""
-        for entry in self.entries():
+    def find_origin(
+        self, key: str, value: object, entries: list[ManifestEntry] | None = None
+    ) -> ManifestEntry | None:
+        """The committed batch whose origin has ``key == value``, if any.
+
+        ``entries`` is a list the caller already read, to search instead of the manifest.
+        """
+        for entry in self.entries() if entries is None else entries:
             if entry.origin.get(key) == value:
                 return entry
         return None
